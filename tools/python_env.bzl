@@ -60,11 +60,9 @@ filegroup(
     name = "site_packages",
     srcs = glob(
         ["site-packages/**"],
-        # Bazel cannot put paths with spaces in runfiles. C++ headers and the packages' own
-        # test suites are never imported; leaving them out halves the files each test's
-        # sandbox has to link.
+        # C++ headers and the packages' own test suites are never imported; leaving them
+        # out halves the files each test's sandbox has to link.
         exclude = [
-            "site-packages/**/* *",
             "site-packages/torch/include/**",
             "site-packages/numpy/**/tests/**",
             "site-packages/sympy/**/tests/**",
@@ -179,6 +177,7 @@ def _python_env_impl(rctx):
 
     # Scripts carry the host's absolute interpreter path; tests never run them.
     rctx.delete("site-packages/bin")
+    _run(rctx, [executable, rctx.path(rctx.attr._safe_names), "site-packages"], "Renaming files runfiles cannot hold")
 
     # Bytecode that depends only on the sources: the same bytes in every clone, so remote caches hit.
     # Exit 1 means some files did not compile (torch ships Python 3.12-only test files); those
@@ -200,6 +199,7 @@ python_env = repository_rule(
             allow_single_file = True,
             doc = "The hash-locked requirements file, with a '# python: X.Y' line.",
         ),
+        "_safe_names": attr.label(default = "//tools:runfiles_safe_names.py", allow_single_file = True),
     },
     environ = _SETTINGS + _PIP_ENV,
     doc = "Creates the locked Python environment and its toolchain. See the module docstring.",

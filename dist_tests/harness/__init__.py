@@ -1,0 +1,1 @@
+"""The harness that runs PyTorch's distributed spawn suite as a Bazel test."""

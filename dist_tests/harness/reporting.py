@@ -1,0 +1,125 @@
+"""absltest's XML runner, extended: skip reasons in the XML, repro lines, no silent passes.
+
+absltest already speaks Bazel's test protocol (sharding, --test_filter, XML_OUTPUT_FILE).
+This adds what the spawn suite needs on top:
+- each skipped testcase carries `<skipped message="reason"/>` (absltest writes none);
+- each failure prints the one command that reruns that test alone;
+- a run in which no selected test ran, or every one was skipped, fails unless skipping
+  was asked for (DIST_TESTS_ALLOW_SKIP=1);
+- a closing line with the counts.
+"""
+
+import collections
+import io
+import sys
+import unittest
+from typing import Any
+
+from absl.testing import xml_reporter
+
+
+class RunPolicy:
+    """What the runner decided before the tests started (set by runner.main)."""
+
+    target = "//dist_tests:unknown"
+    allow_skip = False
+    selected_total = -1  # tests that match the filter across all shards; -1 = unknown
+    filter_text = ""
+
+
+POLICY = RunPolicy()
+
+
+def repro_command(test_name: str) -> str:
+    return f"tools/bazel test {POLICY.target} --test_filter={test_name}"
+
+
+class _CaseResult(xml_reporter._TestCaseResult):
+    def _print_testcase_details(self, stream: Any) -> None:
+        super()._print_testcase_details(stream)
+        if self.skip_reason is not None and not self.errors:
+            reason = xml_reporter._escape_xml_attr(str(self.skip_reason))
+            stream.write(f'  <skipped message="{reason}"></skipped>\n')
+
+
+class _RunSummary(unittest.TestCase):
+    """Stands in for 'the run as a whole' in the XML when it must fail without a failing test."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("runTest")
+        self._name = name
+
+    def id(self) -> str:
+        return f"dist_tests.{self._name}"
+
+    def runTest(self) -> None:  # pragma: no cover - never run, only reported
+        pass
+
+
+class _Result(xml_reporter._TextAndXMLTestResult):
+    _TEST_CASE_RESULT_CLASS = _CaseResult
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._failed_names: list[str] = []
+
+    def _note_failure(self, test: Any) -> None:
+        name = getattr(test, "_testMethodName", None)
+        if name and not isinstance(test, _RunSummary):
+            self._failed_names.append(name)
+            self.stream.writeln(f"\nReproduce alone: {repro_command(name)}")
+
+    def addFailure(self, test: Any, err: Any) -> None:
+        super().addFailure(test, err)
+        self._note_failure(test)
+
+    def addError(self, test: Any, err: Any) -> None:
+        super().addError(test, err)
+        self._note_failure(test)
+
+    def _fail_run(self, name: str, message: str) -> None:
+        summary = _RunSummary(name)
+        self.startTest(summary)
+        try:
+            raise RuntimeError(message)
+        except RuntimeError:
+            self.addError(summary, sys.exc_info())
+        self.stopTest(summary)
+        self.stream.writeln(f"\ndist_tests: {message}")
+
+    def stopTestRun(self) -> None:
+        skipped = len(self.skipped)
+        if self.testsRun == 0 and POLICY.selected_total == 0:
+            self._fail_run(
+                "no_test_selected",
+                f"no test of {POLICY.target} matches --test_filter={POLICY.filter_text!r}: nothing ran. "
+                "Give a test name (test_all_reduce_sum), Class.name, or a pattern (*all_reduce*).",
+            )
+        elif self.testsRun > 0 and skipped == self.testsRun and not POLICY.allow_skip:
+            self._fail_run(
+                "every_test_skipped",
+                f"every one of the {skipped} tests that ran was skipped, so this run tested nothing. "
+                "Pass --test_env=DIST_TESTS_ALLOW_SKIP=1 if that is expected.",
+            )
+        super().stopTestRun()
+        reasons = collections.Counter(reason for _, reason in self.skipped)
+        failed = len(self.failures) + len(self.errors)
+        passed = self.testsRun - failed - skipped
+        self.stream.writeln("")
+        for reason, count in reasons.most_common():
+            self.stream.writeln(f"  skipped {count:4d}: {reason}")
+        if self._failed_names:
+            self.stream.writeln("To rerun a failed test alone:")
+            for name in self._failed_names:
+                self.stream.writeln(f"  {repro_command(name)}")
+        self.stream.writeln(f"{POLICY.target}: {passed} passed, {failed} failed, {skipped} skipped")
+
+
+class SpawnTestRunner(xml_reporter.TextAndXMLTestRunner):
+    _TEST_RESULT_CLASS = _Result
+
+    def _makeResult(self) -> Any:
+        # By hand there is no XML file, but the summary and the no-silent-pass checks still apply.
+        if self._xml_stream is None:
+            self._xml_stream = io.StringIO()
+        return super()._makeResult()

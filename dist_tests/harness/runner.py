@@ -1,0 +1,158 @@
+"""Sets up a run of the spawn suite and hands it to absltest.
+
+`configure()` runs before torch is imported (environment checks, TEMP_DIR, TMPDIR, GPU
+visibility); `main()` runs the tests. In rank processes and the forkserver, which re-import
+the entry point, `configure()` does nothing: the parent already did it.
+"""
+
+import fnmatch
+import os
+import shlex
+import sys
+import tempfile
+from typing import NoReturn
+
+from dist_tests.harness import settings as settings_lib
+
+_CONFIGURED = "DIST_TESTS_CONFIGURED"
+_KNOWN_FAILURES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "known_failures")
+
+
+def die(message: str) -> NoReturn:
+    print(f"dist_tests: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(settings_lib.SETUP_ERROR_EXIT_CODE)
+
+
+def configure() -> None:
+    """Checks the environment and prepares it for torch; exits with a clear message if wrong."""
+    if os.environ.get(_CONFIGURED) == "1":
+        return
+    try:
+        settings = settings_lib.load()
+    except settings_lib.SettingsError as error:
+        die(str(error))
+    from dist_tests.harness.suite import RUN
+
+    RUN.settings = settings
+    # Everything torch writes through tempfile (init files, barriers) lands in the work dir.
+    tmp = os.path.join(settings.work_dir, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    os.environ["TMPDIR"] = tmp
+    tempfile.tempdir = None
+    os.environ["TEMP_DIR"] = settings_lib.make_temp_dir(settings.work_dir, barrier_is_folder=True)
+    if not settings.uses_gpu:
+        # CPU targets test the CPU suite on any host: with GPUs visible but fewer than ranks,
+        # torch's ranks would skip even gloo tests.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        os.environ["HIP_VISIBLE_DEVICES"] = ""
+    if os.environ.get("DIST_TESTS_FAULT"):
+        from dist_tests.harness.ranks import FaultSpecError, parse_fault
+
+        try:
+            parse_fault(os.environ["DIST_TESTS_FAULT"])
+        except FaultSpecError as error:
+            die(str(error))
+    os.environ[_CONFIGURED] = "1"
+
+
+def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | None:
+    import torch
+    import torch.distributed as dist
+
+    available = {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available, "ucc": dist.is_ucc_available}
+    if not available[backend]():
+        return f"this torch build ({torch.__version__}) has no {backend} backend"
+    if uses_gpu:
+        gpus = torch.cuda.device_count()
+        if gpus < world_size:
+            return f"{backend} with WORLD_SIZE={world_size} needs {world_size} GPUs, and this host has {gpus}"
+    return None
+
+
+def _test_names(test_class: type) -> set[str]:
+    return {name for name in dir(test_class) if name.startswith("test") and callable(getattr(test_class, name))}
+
+
+def _exact_filters(test_filter: str, test_class: type) -> tuple[str, int]:
+    """Makes `--test_filter=test_x` (or Class.test_x) select that test only, not test_x_async too.
+
+    Returns the rewritten filter and how many tests it selects. Other words are unittest
+    `-k` patterns: a substring, or a glob when they contain '*'.
+    """
+    names = _test_names(test_class)
+    class_name = test_class.__qualname__
+    full = {name: f"{test_class.__module__}.{class_name}.{name}" for name in names}
+    patterns = []
+    for word in shlex.split(test_filter):
+        short = word[len(class_name) + 1:] if word.startswith(class_name + ".") else word
+        patterns.append(f"*.{class_name}.{short}" if short in names else word)
+    globs = [p if "*" in p else f"*{p}*" for p in patterns]
+    selected = sum(1 for name in full.values() if any(fnmatch.fnmatchcase(name, g) for g in globs))
+    return " ".join(shlex.quote(p) for p in patterns), selected
+
+
+def _take_k_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Splits unittest-style `-k NAME` options off argv; absl's flag parser rejects them."""
+    rest, words = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg == "-k":
+            words.append(next(args, ""))
+        elif arg.startswith("-k"):
+            words.append(arg[2:].lstrip("="))
+        else:
+            rest.append(arg)
+    return rest, [w for w in words if w]
+
+
+def main(test_class: type) -> None:
+    """Runs `test_class` under absltest with this harness's checks and reporting."""
+    from absl.testing import absltest
+    from torch.testing._internal import common_distributed, common_utils
+    from torch.testing._internal.distributed import distributed_test
+
+    from dist_tests.harness import reporting
+    from dist_tests.harness.known_failures import KnownFailures, KnownFailuresError
+    from dist_tests.harness.suite import RUN, test_timeout_s
+
+    settings = RUN.settings
+    assert settings is not None, "configure() must run first"
+
+    # torch's decorators read globals that its own run_tests() sets from the command line.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    common_utils.parse_cmd_line_args()
+    sys.argv = argv
+
+    # Older torch versions keep the barrier in a file, newer ones in a folder.
+    if "listdir" not in getattr(distributed_test.Barrier.init, "__code__", None).co_names:
+        os.environ["TEMP_DIR"] = settings_lib.make_temp_dir(os.path.join(settings.work_dir, "legacy"), barrier_is_folder=False)
+
+    source = f"dist_tests/known_failures/{settings.backend}.txt"
+    try:
+        RUN.known = KnownFailures.load(os.path.join(_KNOWN_FAILURES_DIR, f"{settings.backend}.txt"), source, settings.world_size)
+    except KnownFailuresError as error:
+        die(str(error))
+    unknown = RUN.known.unknown_names(_test_names(test_class))
+    if unknown:
+        die(f"{source} lists tests this suite does not have: {', '.join(unknown)}. Fix or remove those lines.")
+
+    missing = _missing_hardware(settings.backend, settings.world_size, settings.uses_gpu)
+    if missing:
+        if not settings.allow_skip:
+            die(f"{settings.target} cannot run: {missing}.\n"
+                "  Exclude GPU targets with --test_tag_filters=-gpu, or pass --test_env=DIST_TESTS_ALLOW_SKIP=1 "
+                "to report every test as skipped instead.")
+        RUN.skip_all_reason = f"not run: {missing}"
+
+    torch_timeout = common_distributed.get_timeout
+    common_distributed.get_timeout = lambda test_id: test_timeout_s(test_id, torch_timeout(test_id))
+
+    reporting.POLICY.target = settings.target
+    reporting.POLICY.allow_skip = settings.allow_skip
+    sys.argv, by_hand = _take_k_options(sys.argv)
+    test_filter = " ".join([os.environ.get("TESTBRIDGE_TEST_ONLY", "")] + [shlex.quote(w) for w in by_hand]).strip()
+    if test_filter:
+        rewritten, reporting.POLICY.selected_total = _exact_filters(test_filter, test_class)
+        reporting.POLICY.filter_text = test_filter
+        os.environ["TESTBRIDGE_TEST_ONLY"] = rewritten
+    absltest.main(testRunner=reporting.SpawnTestRunner)

@@ -1,0 +1,150 @@
+"""Reads and checks the environment a spawn-suite run is configured by.
+
+Everything here runs before torch is imported, so a bad setting fails in well under a
+second with a message that says what to do.
+"""
+
+import atexit
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+
+BACKENDS = ("gloo", "nccl", "ucc")
+GPU_BACKENDS = ("nccl", "ucc")
+START_METHODS = ("forkserver", "spawn")
+
+# Exit code for a run that could not start: bad settings or missing hardware.
+SETUP_ERROR_EXIT_CODE = 3
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    backend: str
+    world_size: int
+    uses_gpu: bool
+    allow_skip: bool
+    start_method: str
+    work_dir: str  # every file the run writes goes below this folder
+    outputs_dir: str | None  # Bazel's undeclared outputs, when run by Bazel
+    target: str  # the Bazel label, for repro lines
+    deadline_s: float | None  # seconds after start when Bazel kills the run
+    per_test_timeout_s: int | None
+
+
+def max_world_size() -> int:
+    """More ranks than this cannot make progress on this machine in a test's time."""
+    override = os.environ.get("DIST_TESTS_MAX_WORLD_SIZE")
+    if override and override.isdigit():
+        return int(override)
+    return max(16, 4 * (os.cpu_count() or 1))
+
+
+def _backend(env: Mapping[str, str]) -> str:
+    value = env.get("BACKEND")
+    allowed = ", ".join(BACKENDS)
+    if value is None or not value.strip():
+        raise SettingsError(f"BACKEND is not set. Set it to one of: {allowed} (for example BACKEND=gloo).")
+    if value in BACKENDS:
+        return value
+    hint = ""
+    if value.strip().lower() in BACKENDS:
+        hint = f" Backend names are lower case: did you mean '{value.strip().lower()}'?"
+    raise SettingsError(f"BACKEND={value!r} is not a backend of this suite. Use one of: {allowed}.{hint}")
+
+
+def _world_size(env: Mapping[str, str]) -> int:
+    value = env.get("WORLD_SIZE")
+    if value is None or not value.strip():
+        raise SettingsError("WORLD_SIZE is not set. Set it to the number of ranks, an integer >= 2 (for example WORLD_SIZE=2).")
+    try:
+        size = int(value.strip())
+    except ValueError:
+        raise SettingsError(f"WORLD_SIZE={value!r} is not an integer. Set it to the number of ranks, an integer >= 2.") from None
+    if size < 2:
+        raise SettingsError(f"WORLD_SIZE={size} is too small: the spawn suite needs at least 2 ranks.")
+    limit = max_world_size()
+    if size > limit:
+        raise SettingsError(
+            f"WORLD_SIZE={size} is more ranks than this machine ({os.cpu_count()} cores) can run: the limit here is {limit}. "
+            "Use a smaller world size, or raise the limit with DIST_TESTS_MAX_WORLD_SIZE."
+        )
+    return size
+
+
+def _shards(env: Mapping[str, str]) -> None:
+    """Bazel sets both shard variables or neither; anything else would run the wrong tests."""
+    total, index = env.get("TEST_TOTAL_SHARDS"), env.get("TEST_SHARD_INDEX")
+    if total is None and index is None:
+        return
+    if total is None or index is None:
+        raise SettingsError("TEST_TOTAL_SHARDS and TEST_SHARD_INDEX must be set together (Bazel sets both).")
+    if not (total.isdigit() and index.isdigit()):
+        raise SettingsError(f"TEST_TOTAL_SHARDS={total!r} and TEST_SHARD_INDEX={index!r} must be non-negative integers.")
+    if int(total) < 1 or int(index) >= int(total):
+        raise SettingsError(f"TEST_SHARD_INDEX={index} must be below TEST_TOTAL_SHARDS={total}, which must be at least 1.")
+
+
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise SettingsError(f"{name}={value!r} must be a positive integer (seconds).")
+    return int(value)
+
+
+def _work_dir(env: Mapping[str, str]) -> str:
+    """TEST_TMPDIR under Bazel; by hand, a private folder removed at exit."""
+    base = env.get("TEST_TMPDIR")
+    if base is None:
+        private = tempfile.mkdtemp(prefix="dist_tests-")
+        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        return private
+    if not os.path.isdir(base):
+        raise SettingsError(f"TEST_TMPDIR={base!r} is not a folder. Bazel creates it; by hand, unset it or create it.")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SettingsError(f"TEST_TMPDIR={base!r} is not writable. Point it at a writable folder.")
+    return base
+
+
+def load(env: Mapping[str, str] = os.environ) -> Settings:
+    """Checks every setting; raises SettingsError on the first bad one."""
+    backend = _backend(env)
+    world_size = _world_size(env)
+    _shards(env)
+    start_method = env.get("DIST_TESTS_START_METHOD", "forkserver")
+    if start_method not in START_METHODS:
+        raise SettingsError(f"DIST_TESTS_START_METHOD={start_method!r}: use one of {', '.join(START_METHODS)}.")
+    timeout = _positive_int(env, "TEST_TIMEOUT")
+    per_test = _positive_int(env, "DIST_TESTS_PER_TEST_TIMEOUT")
+    outputs = env.get("TEST_UNDECLARED_OUTPUTS_DIR") or None
+    return Settings(
+        backend=backend,
+        world_size=world_size,
+        uses_gpu=backend in GPU_BACKENDS,
+        allow_skip=env.get("DIST_TESTS_ALLOW_SKIP") == "1",
+        start_method=start_method,
+        work_dir=_work_dir(env),
+        outputs_dir=outputs,
+        target=env.get("TEST_TARGET", f"//dist_tests:{backend}_{world_size}"),
+        deadline_s=float(timeout) if timeout else None,
+        per_test_timeout_s=per_test,
+    )
+
+
+def make_temp_dir(work_dir: str, barrier_is_folder: bool) -> str:
+    """Creates TEMP_DIR for torch's test files: a barrier (folder or file, as this torch expects) and test_dir."""
+    temp_dir = os.path.join(work_dir, "dist_temp")
+    os.makedirs(os.path.join(temp_dir, "test_dir"), exist_ok=True)
+    barrier = os.path.join(temp_dir, "barrier")
+    if barrier_is_folder:
+        os.makedirs(barrier, exist_ok=True)
+    elif not os.path.exists(barrier):
+        open(barrier, "w").close()
+    return temp_dir

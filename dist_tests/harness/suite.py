@@ -1,0 +1,213 @@
+"""SpawnHarness: mixed in before torch's TestDistBackend to control how ranks start and end.
+
+It keeps torch's test bodies and skip rules unchanged, and changes the parent's side:
+ranks start through a forkserver (or spawn), write per-rank logs, and are joined by a loop
+that ends a test as soon as a rank errors, dies by a signal, or the test's time budget is
+spent, naming the rank and the cause and attaching every rank's traceback and log.
+"""
+
+import os
+import shutil
+import time
+import unittest
+from typing import Any, ClassVar
+
+import torch.multiprocessing
+from torch.testing._internal import common_distributed
+from torch.testing._internal.common_distributed import MultiProcessTestCase
+
+from dist_tests.harness import ranks
+from dist_tests.harness.known_failures import KnownFailures
+from dist_tests.harness.settings import Settings
+
+_LOG_TAIL_LINES = 40
+_FORKSERVER_PRELOAD = [
+    "torch",
+    "torch.testing._internal.distributed.distributed_test",
+    "dist_tests.harness.ranks",
+    "dist_tests.harness.suite",
+]
+_POLL_S = 0.02
+
+
+class _Run:
+    """Per-run state the runner sets before tests start (parent process only)."""
+
+    settings: Settings | None = None
+    known: KnownFailures = KnownFailures.empty()
+    skip_all_reason: str | None = None
+    started: float = time.monotonic()
+
+
+RUN = _Run()
+
+
+def remaining_budget_s() -> float | None:
+    """Seconds left before Bazel kills this test process, or None without a deadline."""
+    settings = RUN.settings
+    if settings is None or settings.deadline_s is None:
+        return None
+    return settings.deadline_s - (time.monotonic() - RUN.started)
+
+
+def test_timeout_s(test_id: str, torch_timeout: int) -> float:
+    """torch's per-test timeout, cut so that a hung test ends before Bazel's deadline."""
+    timeout = float(RUN.settings.per_test_timeout_s or torch_timeout) if RUN.settings else float(torch_timeout)
+    left = remaining_budget_s()
+    if left is not None:
+        # Keep room for collecting tracebacks, stopping ranks and writing the XML.
+        timeout = min(timeout, left - max(10.0, 0.05 * RUN.settings.deadline_s))
+    return max(timeout, 1.0)
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return "(no log)"
+    return "".join(lines[-_LOG_TAIL_LINES:]) or "(empty)"
+
+
+class SpawnHarness:
+    """Overrides of MultiProcessTestCase's parent-side methods; see the module docstring."""
+
+    processes: list
+    pid_to_pipe: dict
+    _dist_cause: str | None = None
+    _rank_log_dir: ClassVar[str] = ""
+
+    def setUp(self) -> None:
+        if RUN.skip_all_reason:
+            raise unittest.SkipTest(RUN.skip_all_reason)
+        left = remaining_budget_s()
+        if left is not None and left < 20:
+            raise unittest.SkipTest("not run: earlier tests in this shard used up its Bazel timeout")
+        self._dist_cause = None
+        super().setUp()  # type: ignore[misc]
+
+    def _log_dir(self) -> str:
+        base = RUN.settings.work_dir if RUN.settings else os.environ.get("TMPDIR", "/tmp")
+        return os.path.join(base, "rank_logs", self._testMethodName)  # type: ignore[attr-defined]
+
+    def _spawn_processes(self) -> None:
+        method = RUN.settings.start_method if RUN.settings else "spawn"
+        context = torch.multiprocessing.get_context(method)
+        if method == "forkserver":
+            # The server imports torch and the suite once; each rank is forked from it and
+            # then only re-runs the entry point's cheap top level. ("__main__" alone would
+            # preload nothing: Python 3.11's forkserver drops the main module's path.)
+            context.set_forkserver_preload(_FORKSERVER_PRELOAD)
+            ranks.use_abstract_unix_sockets()
+        log_dir = self._log_dir() if RUN.settings and RUN.settings.outputs_dir else None
+        if log_dir:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+        def start_rank(target: Any, name: str, args: tuple, kwargs: dict) -> Any:
+            log_path = os.path.join(log_dir, f"rank{args[0]}.log") if log_dir else None
+            return context.Process(target=ranks.run_rank, name=name, args=(target, dict(os.environ), log_path, args, kwargs))
+
+        self._start_processes(start_rank)  # type: ignore[attr-defined]
+
+    def _collect_tracebacks(self) -> dict[int, str]:
+        """Asks every live rank for its Python stacks (torch's GET_TRACEBACK event)."""
+        asked = []
+        for rank, process in enumerate(self.processes):
+            if process.exitcode is None:
+                pipe = self.pid_to_pipe[process.pid]
+                try:
+                    pipe.send(MultiProcessTestCase.Event.GET_TRACEBACK)
+                    asked.append((rank, pipe))
+                except (ConnectionError, OSError):
+                    pass
+        stacks = {}
+        for rank, pipe in asked:
+            try:
+                if pipe.poll(5):
+                    stacks[rank] = pipe.recv()
+            except (ConnectionError, OSError, EOFError):
+                pass
+        return stacks
+
+    def _stop_ranks(self) -> None:
+        for process in self.processes:
+            if process.exitcode is None:
+                process.terminate()
+        deadline = time.monotonic() + 5
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                process.kill()
+                process.join(5)
+
+    def _join_processes(self, fn: Any) -> None:
+        timeout = common_distributed.get_timeout(self.id())  # type: ignore[attr-defined]
+        start = time.monotonic()
+        try:
+            while True:
+                codes = [p.exitcode for p in self.processes]
+                if all(code is not None for code in codes):
+                    break
+                errored = [r for r, c in enumerate(codes) if c == MultiProcessTestCase.TEST_ERROR_EXIT_CODE]
+                killed = [(r, c) for r, c in enumerate(codes) if c is not None and c < 0]
+                if errored or killed:
+                    causes = [f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in killed]
+                    causes += [f"rank {r} raised an exception" for r in errored]
+                    self._end_with("; ".join(causes))
+                    break
+                if time.monotonic() - start > timeout:
+                    self._end_with(f"timed out after {timeout:.0f} s (ranks still running: "
+                                   f"{', '.join(str(r) for r, c in enumerate(codes) if c is None)})")
+                    break
+                time.sleep(_POLL_S)
+            self._check_return_codes(fn, time.monotonic() - start)
+        finally:
+            for pipe in self.pid_to_pipe.values():
+                pipe.close()
+
+    def _end_with(self, cause: str) -> None:
+        stacks = self._collect_tracebacks()
+        self._stop_ranks()
+        text = [cause]
+        for rank, stack in sorted(stacks.items()):
+            text.append(f"--- rank {rank} was at:\n{stack}")
+        self._dist_cause = "\n".join(text)
+
+    def _check_return_codes(self, fn: Any, elapsed: float) -> None:
+        name = self._testMethodName  # type: ignore[attr-defined]
+        reason = RUN.known.reason(name)
+        try:
+            errored = any(p.exitcode == MultiProcessTestCase.TEST_ERROR_EXIT_CODE for p in self.processes)
+            if self._dist_cause and not errored:
+                raise RuntimeError(self._dist_cause)
+            super()._check_return_codes(fn, elapsed)  # type: ignore[misc]
+        except unittest.SkipTest:
+            raise
+        except Exception as error:
+            if reason is not None:
+                raise unittest.SkipTest(f"known failure ({RUN.known.source}): {reason}") from None
+            raise type(error)(f"{error}\n{self._rank_logs_report()}") from None
+        if reason is not None:
+            raise AssertionError(
+                f"{name} is listed in {RUN.known.source} as known to fail ({reason}), but it passed. "
+                "Remove it from that list."
+            )
+
+    def _rank_logs_report(self) -> str:
+        """Keeps this test's rank logs in Bazel's outputs and returns their tails."""
+        log_dir = self._log_dir()
+        if not (RUN.settings and RUN.settings.outputs_dir and os.path.isdir(log_dir)):
+            return ""
+        kept = os.path.join(RUN.settings.outputs_dir, "rank_logs", self._testMethodName)  # type: ignore[attr-defined]
+        shutil.copytree(log_dir, kept, dirs_exist_ok=True)
+        parts = []
+        for log in sorted(os.listdir(log_dir)):
+            parts.append(f"--- {log} (kept in test.outputs/rank_logs/{self._testMethodName}/{log}), last lines:\n"  # type: ignore[attr-defined]
+                         f"{_tail(os.path.join(log_dir, log))}")
+        return "\n".join(parts)
+
+    def tearDown(self) -> None:
+        super().tearDown()  # type: ignore[misc]
+        if RUN.settings and RUN.settings.outputs_dir:
+            shutil.rmtree(self._log_dir(), ignore_errors=True)
+

@@ -1,2 +1,0 @@
-import sys, torch
-print(sys.executable, sys.path, torch.__file__, torch.__version__)
