@@ -12,14 +12,22 @@ GPU_BACKENDS = ["nccl", "ucc"]
 DIST_TEST_MATRIX = [
     struct(backend = "gloo", world_size = 2, shard_count = 4, timeout = "moderate"),
     struct(backend = "gloo", world_size = 3, shard_count = 4, timeout = "moderate"),
-    struct(backend = "gloo", world_size = 4, shard_count = 4, timeout = "long"),
+    struct(backend = "gloo", world_size = 4, shard_count = 4, timeout = "moderate"),
     struct(backend = "nccl", world_size = 2, shard_count = 2, timeout = "long"),
     struct(backend = "nccl", world_size = 4, shard_count = 2, timeout = "long"),
     struct(backend = "ucc", world_size = 2, shard_count = 2, timeout = "long"),
 ]
 
 def dist_test_name(backend, world_size):
-    """The target name of one matrix cell, for example `gloo_2`."""
+    """The target name of one matrix cell.
+
+    Args:
+      backend: the backend's name, for example "gloo".
+      world_size: the number of ranks.
+
+    Returns:
+      The name, for example "gloo_2".
+    """
     return "%s_%d" % (backend, world_size)
 
 def dist_test_tags(backend, world_size):
@@ -28,6 +36,13 @@ def dist_test_tags(backend, world_size):
     GPU targets are `exclusive`: they share the host's GPUs. CPU targets run in parallel,
     each in its own network namespace (`block-network`), so fixed ports such as 29500 never
     collide; `cpu:N` keeps Bazel from running more ranks at once than there are cores.
+
+    Args:
+      backend: the backend's name.
+      world_size: the number of ranks.
+
+    Returns:
+      The list of tags.
     """
     tags = [backend, "world_size_%d" % world_size]
     if backend in GPU_BACKENDS:

@@ -108,8 +108,12 @@ def _work_dir(env: Mapping[str, str]) -> str:
         return private
     if not os.path.isdir(base):
         raise SettingsError(f"TEST_TMPDIR={base!r} is not a folder. Bazel creates it; by hand, unset it or create it.")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise SettingsError(f"TEST_TMPDIR={base!r} is not writable. Point it at a writable folder.")
+    try:  # a real write: permission bits say nothing for root or read-only mounts
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise SettingsError(f"TEST_TMPDIR={base!r} is not writable ({error.strerror}). Point it at a writable folder.") from None
     return base
 
 

@@ -1,0 +1,66 @@
+"""Bad settings and files: each gives a clear message and a non-zero exit within seconds,
+starts no rank, and leaves nothing behind."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT
+
+ENTRY = str(ROOT / "dist_tests" / "spawn_test.py")
+GOOD = {"BACKEND": "gloo", "WORLD_SIZE": "2"}
+
+# (case id, environment changes, file content for DIST_TESTS_KNOWN_FAILURES or None, expected text)
+CASES = [
+    ("backend-empty", {"BACKEND": ""}, None, "BACKEND is not set"),
+    ("backend-missing", {"BACKEND": None}, None, "BACKEND is not set"),
+    ("backend-unknown", {"BACKEND": "infiniband"}, None, "Use one of: gloo, nccl, ucc"),
+    ("backend-wrong-case", {"BACKEND": "GLOO"}, None, "did you mean 'gloo'"),
+    ("world-size-0", {"WORLD_SIZE": "0"}, None, "too small"),
+    ("world-size-1", {"WORLD_SIZE": "1"}, None, "too small"),
+    ("world-size-negative", {"WORLD_SIZE": "-2"}, None, "too small"),
+    ("world-size-not-integer", {"WORLD_SIZE": "two"}, None, "is not an integer"),
+    ("world-size-fraction", {"WORLD_SIZE": "2.5"}, None, "is not an integer"),
+    ("world-size-absurd", {"WORLD_SIZE": "100000"}, None, "more ranks than this machine"),
+    ("shards-index-without-total", {"TEST_SHARD_INDEX": "0"}, None, "must be set together"),
+    ("shards-index-past-total", {"TEST_TOTAL_SHARDS": "4", "TEST_SHARD_INDEX": "4"}, None, "must be below"),
+    ("shards-not-numbers", {"TEST_TOTAL_SHARDS": "four", "TEST_SHARD_INDEX": "0"}, None, "non-negative integers"),
+    ("tmpdir-missing", {"TEST_TMPDIR": "/nonexistent/dist_tests"}, None, "is not a folder"),
+    ("tmpdir-unwritable", {"TEST_TMPDIR": "/sys"}, None, "is not writable"),
+    ("timeout-not-a-number", {"TEST_TIMEOUT": "soon"}, None, "must be a positive integer"),
+    ("start-method-unknown", {"DIST_TESTS_START_METHOD": "thread"}, None, "use one of forkserver, spawn"),
+    ("fault-malformed", {"DIST_TESTS_FAULT": "explode:x"}, None, "DIST_TESTS_FAULT='explode:x' is malformed"),
+    ("known-failures-malformed", {}, "test_all_reduce_sum because it flakes\n", "cannot read"),
+    ("known-failures-duplicate", {}, "test_broadcast: a\ntest_broadcast: b\n", "listed twice"),
+    ("known-failures-unknown-test", {}, "test_not_in_torch: gone\n", "does not have: test_not_in_torch"),
+    ("known-failures-binary", {}, b"\xff\xfe\x00bad", "cannot read it"),
+]
+
+
+@pytest.mark.parametrize("case_id, changes, known, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(python, tmp_path, case_id, changes, known, expected):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "DIST_TESTS_", "BACKEND", "WORLD_SIZE"))}
+    env.update(GOOD)
+    env["TMPDIR"] = str(scratch)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    if known is not None:
+        listing = tmp_path / "known.txt"
+        listing.write_bytes(known if isinstance(known, bytes) else known.encode())
+        env["DIST_TESTS_KNOWN_FAILURES"] = str(listing)
+    started = time.monotonic()
+    result = subprocess.run([python, ENTRY], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "dist_tests: error: " in result.stderr
+    assert expected in result.stderr
+    assert "Started process" not in result.stderr
+    assert elapsed < 20
+    assert list(scratch.iterdir()) == [], "a failed start must leave nothing in TMPDIR"

@@ -1,0 +1,45 @@
+"""GPU targets on a host without the GPUs or the backend: fail fast, or skip when asked."""
+
+import time
+
+from conftest import ROOT, all_cases, bazel, testlogs
+
+TARGET = "//dist_tests:nccl_2"
+
+
+def test_missing_backend_or_gpus_fails_fast_and_says_how_to_exclude():
+    started = time.monotonic()
+    run = bazel("test", TARGET, "--nocache_test_results")
+    assert run.returncode != 0
+    log = "".join(p.read_text() for p in testlogs(TARGET).glob("shard_*/test.log"))
+    assert "cannot run:" in log
+    assert "--test_tag_filters=-gpu" in log
+    assert "DIST_TESTS_ALLOW_SKIP=1" in log
+    assert "Started process" not in log, "no rank may start when the hardware is missing"
+    # Two shards, each well under the time one real test takes (measured: a few seconds).
+    assert time.monotonic() - started < 120
+
+
+def test_opt_in_reports_every_test_skipped_with_the_reason():
+    run = bazel("test", TARGET, "--test_env=DIST_TESTS_ALLOW_SKIP=1", "--nocache_test_results")
+    assert run.returncode == 0, run.output
+    cases = all_cases(TARGET)
+    assert len(cases) > 250
+    assert {c.outcome for c in cases} == {"skipped"}
+    assert all(c.message.startswith("not run: ") for c in cases)
+    assert "nccl" in cases[0].message
+
+
+def test_gloo_targets_hide_gpus_from_their_ranks(python):
+    # The entry point sets CUDA_VISIBLE_DEVICES="" for CPU backends before torch loads.
+    import os
+    import subprocess
+
+    code = (
+        "import os, sys; sys.argv=['x']; os.environ.update(BACKEND='gloo', WORLD_SIZE='2', CUDA_VISIBLE_DEVICES='0');"
+        "sys.path.insert(0, '.'); from dist_tests.harness import runner; runner.configure();"
+        "print('VISIBLE=' + repr(os.environ['CUDA_VISIBLE_DEVICES']))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIST_TESTS")}
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert "VISIBLE=''" in out.stdout, out.stderr
