@@ -34,7 +34,7 @@ def bazel(*args: str, startup: tuple[str, ...] = (), env: dict | None = None, ti
     return Run(proc.returncode, proc.stdout)
 
 
-def testlogs(target: str) -> pathlib.Path:
+def logs_dir(target: str) -> pathlib.Path:
     """bazel-testlogs folder of a //dist_tests:NAME style label."""
     package, name = target.lstrip("/").split(":")
     return ROOT / "bazel-testlogs" / package / name
@@ -61,7 +61,7 @@ def read_cases(xml_path: pathlib.Path) -> list[Case]:
 
 
 def shard_xmls(target: str) -> list[pathlib.Path]:
-    base = testlogs(target)
+    base = logs_dir(target)
     sharded = sorted(pathlib.Path(p) for p in glob.glob(str(base / "shard_*" / "test.xml")))
     return sharded or [base / "test.xml"]
 

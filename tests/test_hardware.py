@@ -2,7 +2,7 @@
 
 import time
 
-from conftest import ROOT, all_cases, bazel, testlogs
+from conftest import ROOT, all_cases, bazel, logs_dir
 
 TARGET = "//dist_tests:nccl_2"
 
@@ -11,7 +11,7 @@ def test_missing_backend_or_gpus_fails_fast_and_says_how_to_exclude():
     started = time.monotonic()
     run = bazel("test", TARGET, "--nocache_test_results")
     assert run.returncode != 0
-    log = "".join(p.read_text() for p in testlogs(TARGET).glob("shard_*/test.log"))
+    log = "".join(p.read_text() for p in logs_dir(TARGET).glob("shard_*/test.log"))
     assert "cannot run:" in log
     assert "--test_tag_filters=-gpu" in log
     assert "DIST_TESTS_ALLOW_SKIP=1" in log
@@ -26,8 +26,11 @@ def test_opt_in_reports_every_test_skipped_with_the_reason():
     cases = all_cases(TARGET)
     assert len(cases) > 250
     assert {c.outcome for c in cases} == {"skipped"}
-    assert all(c.message.startswith("not run: ") for c in cases)
-    assert "nccl" in cases[0].message
+    # Tests that torch itself skips for nccl keep torch's reason; every other one says why it did not run.
+    not_run = [c for c in cases if c.message.startswith("not run: ")]
+    assert len(not_run) > 100
+    assert all("nccl" in c.message for c in not_run)
+    assert all(c.message for c in cases)
 
 
 def test_gloo_targets_hide_gpus_from_their_ranks(python):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import all_cases, bazel, read_cases, shard_xmls, testlogs
+from conftest import all_cases, bazel, read_cases, shard_xmls, logs_dir
 
 TARGET = "//dist_tests:gloo_2"
 # Nine real tests: some pass, some skip (they need CUDA or another world size).
@@ -23,35 +23,58 @@ def test_class_dot_name_works_too():
 
 
 @pytest.fixture(scope="module")
-def sharded_run():
-    run = bazel("test", TARGET, f"--test_filter={PATTERN}", "--nocache_test_results")
+def full_sharded_run():
+    """The whole gloo_2 suite, in its four shards."""
+    run = bazel("test", TARGET, "--nocache_test_results")
     assert run.returncode == 0, run.output
     return {xml.parent.name: read_cases(xml) for xml in shard_xmls(TARGET)}
 
 
-def test_xml_has_one_testcase_per_test_and_skip_reasons(sharded_run):
-    cases = [c for shard in sharded_run.values() for c in shard]
-    assert len(cases) == len({c.name for c in cases}) >= 5
+def test_xml_has_one_testcase_per_test_and_skip_reasons(full_sharded_run):
+    cases = [c for shard in full_sharded_run.values() for c in shard]
+    assert len(cases) == len({c.name for c in cases}) > 250
     assert {c.outcome for c in cases} == {"passed", "skipped"}
     for case in cases:
         if case.outcome == "skipped":
             assert case.message, f"{case.name} is skipped without a reason"
 
 
-def test_shards_are_disjoint_and_cover_the_unsharded_run(sharded_run):
-    assert len(sharded_run) == 4
-    names = [c.name for shard in sharded_run.values() for c in shard]
+def test_shards_are_disjoint_and_cover_the_unsharded_run(full_sharded_run):
+    assert len(full_sharded_run) == 4
+    assert all(len(cases) > 50 for cases in full_sharded_run.values())
+    names = [c.name for shard in full_sharded_run.values() for c in shard]
     assert len(names) == len(set(names))
-    run = bazel("test", TARGET, f"--test_filter={PATTERN}", "--test_sharding_strategy=disabled", "--nocache_test_results")
+    run = bazel("test", TARGET, "--test_sharding_strategy=disabled", "--nocache_test_results")
     assert run.returncode == 0, run.output
-    unsharded = {c.name for c in read_cases(testlogs(TARGET) / "test.xml")}
-    assert set(names) == unsharded
+    unsharded = read_cases(logs_dir(TARGET) / "test.xml")
+    assert set(names) == {c.name for c in unsharded}
+    # Same outcome for every test, sharded or not.
+    sharded_outcomes = {c.name: c.outcome for shard in full_sharded_run.values() for c in shard}
+    assert sharded_outcomes == {c.name: c.outcome for c in unsharded}
+
+
+def test_a_filtered_selection_runs_whole_in_the_first_shard():
+    run = bazel("test", TARGET, f"--test_filter={PATTERN}", "--nocache_test_results")
+    assert run.returncode == 0, run.output
+    per_shard = {xml.parent.name: read_cases(xml) for xml in shard_xmls(TARGET)}
+    assert len(per_shard["shard_1_of_4"]) >= 5
+    assert all(per_shard[f"shard_{i}_of_4"] == [] for i in (2, 3, 4))
+    assert "has nothing to run" in (logs_dir(TARGET) / "shard_2_of_4" / "test.log").read_text()
+
+
+def test_a_selection_whose_every_test_skips_does_not_pass():
+    run = bazel("test", TARGET, "--test_filter=test_all_reduce_sum_cuda", "--nocache_test_results")
+    assert run.returncode != 0
+    log = (logs_dir(TARGET) / "shard_1_of_4" / "test.log").read_text()
+    assert "was skipped, so this run tested nothing" in log
+    run = bazel("test", TARGET, "--test_filter=test_all_reduce_sum_cuda", "--test_env=DIST_TESTS_ALLOW_SKIP=1", "--nocache_test_results")
+    assert run.returncode == 0, run.output
 
 
 def test_a_filter_that_matches_nothing_fails():
     run = bazel("test", TARGET, "--test_filter=test_no_such_test_anywhere", "--nocache_test_results")
     assert run.returncode != 0
-    log = (testlogs(TARGET) / "shard_1_of_4" / "test.log").read_text()
+    log = (logs_dir(TARGET) / "shard_1_of_4" / "test.log").read_text()
     assert "matches --test_filter" in log
 
 
@@ -73,7 +96,7 @@ def test_rank_logs_of_a_failing_test_are_kept_in_undeclared_outputs():
         "test", TARGET, "--test_filter=test_all_reduce_sum", "--test_env=DIST_TESTS_FAULT=raise:1:test_all_reduce_sum",
         "--nocache_test_results",
     )
-    zips = list(testlogs(TARGET).glob("shard_*/test.outputs/outputs.zip"))
+    zips = list(logs_dir(TARGET).glob("shard_*/test.outputs/outputs.zip"))
     names = [n for z in zips for n in zipfile.ZipFile(z).namelist()]
     assert "rank_logs/test_all_reduce_sum/rank1.log" in names
     assert "rank_logs/test_all_reduce_sum/rank0.log" in names

@@ -31,7 +31,7 @@ def configure() -> None:
         settings = settings_lib.load()
     except settings_lib.SettingsError as error:
         die(str(error))
-    from dist_tests.harness.suite import RUN
+    from dist_tests.harness.state import RUN
 
     RUN.settings = settings
     # Everything torch writes through tempfile (init files, barriers) lands in the work dir.
@@ -40,6 +40,8 @@ def configure() -> None:
     os.environ["TMPDIR"] = tmp
     tempfile.tempdir = None
     os.environ["TEMP_DIR"] = settings_lib.make_temp_dir(settings.work_dir, barrier_is_folder=True)
+    # Failures print this harness's own repro command; torch's would name a file that isn't there.
+    os.environ["PYTORCH_PRINT_REPRO_ON_FAILURE"] = "0"
     if not settings.uses_gpu:
         # CPU targets test the CPU suite on any host: with GPUs visible but fewer than ranks,
         # torch's ranks would skip even gloo tests.
@@ -113,7 +115,8 @@ def main(test_class: type) -> None:
 
     from dist_tests.harness import reporting
     from dist_tests.harness.known_failures import KnownFailures, KnownFailuresError
-    from dist_tests.harness.suite import RUN, test_timeout_s
+    from dist_tests.harness.state import RUN
+    from dist_tests.harness.suite import test_timeout_s
 
     settings = RUN.settings
     assert settings is not None, "configure() must run first"
@@ -157,4 +160,26 @@ def main(test_class: type) -> None:
         rewritten, reporting.POLICY.selected_total = _exact_filters(test_filter, test_class)
         reporting.POLICY.filter_text = test_filter
         os.environ["TESTBRIDGE_TEST_ONLY"] = rewritten
+        _run_filtered_selection_in_first_shard()
     absltest.main(testRunner=reporting.SpawnTestRunner)
+
+
+def _run_filtered_selection_in_first_shard() -> None:
+    """A --test_filter selection runs whole in shard 1; the other shards run nothing.
+
+    A filter selects a few tests. Kept together, one shard sees all of them, so a selection
+    whose every test is skipped fails instead of passing shard by shard.
+    """
+    from dist_tests.harness import reporting
+
+    total = int(os.environ.get("TEST_TOTAL_SHARDS", "1"))
+    if total <= 1:
+        return
+    status_file = os.environ.get("TEST_SHARD_STATUS_FILE")
+    if status_file:  # tells Bazel this runner understood sharding
+        open(status_file, "a").close()
+    index = int(os.environ.pop("TEST_SHARD_INDEX"))
+    del os.environ["TEST_TOTAL_SHARDS"]
+    if index > 0:
+        os.environ["TESTBRIDGE_TEST_ONLY"] = "dist_tests_no_test_in_this_shard"
+        reporting.POLICY.idle_shard = f"shard {index + 1} of {total} has nothing to run: a filtered selection runs in shard 1"

@@ -17,8 +17,7 @@ from torch.testing._internal import common_distributed
 from torch.testing._internal.common_distributed import MultiProcessTestCase
 
 from dist_tests.harness import ranks
-from dist_tests.harness.known_failures import KnownFailures
-from dist_tests.harness.settings import Settings
+from dist_tests.harness.state import RUN
 
 _LOG_TAIL_LINES = 40
 _FORKSERVER_PRELOAD = [
@@ -30,16 +29,6 @@ _FORKSERVER_PRELOAD = [
 _POLL_S = 0.02
 
 
-class _Run:
-    """Per-run state the runner sets before tests start (parent process only)."""
-
-    settings: Settings | None = None
-    known: KnownFailures = KnownFailures.empty()
-    skip_all_reason: str | None = None
-    started: float = time.monotonic()
-
-
-RUN = _Run()
 
 
 def remaining_budget_s() -> float | None:
@@ -51,12 +40,20 @@ def remaining_budget_s() -> float | None:
 
 
 def test_timeout_s(test_id: str, torch_timeout: int) -> float:
-    """torch's per-test timeout, cut so that a hung test ends before Bazel's deadline."""
-    timeout = float(RUN.settings.per_test_timeout_s or torch_timeout) if RUN.settings else float(torch_timeout)
+    """The seconds one test may take before its ranks are stopped and it fails.
+
+    DIST_TESTS_PER_TEST_TIMEOUT, when set, is used as given. Otherwise torch's own timeout,
+    cut so that a hung test fails on its own, with its ranks' stacks, before Bazel's
+    TEST_TIMEOUT kills the whole shard.
+    """
+    settings = RUN.settings
+    if settings and settings.per_test_timeout_s:
+        return float(settings.per_test_timeout_s)
+    timeout = float(torch_timeout)
     left = remaining_budget_s()
-    if left is not None:
-        # Keep room for collecting tracebacks, stopping ranks and writing the XML.
-        timeout = min(timeout, left - max(10.0, 0.05 * RUN.settings.deadline_s))
+    if left is not None and settings and settings.deadline_s:
+        # Keep room for collecting stacks, stopping ranks and writing the XML.
+        timeout = min(timeout, left - max(10.0, 0.05 * settings.deadline_s))
     return max(timeout, 1.0)
 
 
@@ -81,8 +78,8 @@ class SpawnHarness:
         if RUN.skip_all_reason:
             raise unittest.SkipTest(RUN.skip_all_reason)
         left = remaining_budget_s()
-        if left is not None and left < 20:
-            raise unittest.SkipTest("not run: earlier tests in this shard used up its Bazel timeout")
+        if left is not None and RUN.settings and left < max(5.0, 0.1 * RUN.settings.deadline_s):
+            raise unittest.SkipTest(f"not run: only {left:.0f} s of this shard's Bazel timeout was left")
         self._dist_cause = None
         super().setUp()  # type: ignore[misc]
 
@@ -186,7 +183,12 @@ class SpawnHarness:
         except Exception as error:
             if reason is not None:
                 raise unittest.SkipTest(f"known failure ({RUN.known.source}): {reason}") from None
-            raise type(error)(f"{error}\n{self._rank_logs_report()}") from None
+            # The cause the join loop saw (a signal, a timeout) first, then torch's message.
+            details = [self._dist_cause or ""]
+            if str(error) != self._dist_cause:
+                details.append(str(error))
+            details.append(self._rank_logs_report())
+            raise type(error)("\n".join(d for d in details if d)) from None
         if reason is not None:
             raise AssertionError(
                 f"{name} is listed in {RUN.known.source} as known to fail ({reason}), but it passed. "
