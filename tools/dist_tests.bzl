@@ -77,6 +77,8 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
             timeout = cell.timeout,
             size = "large" if cell.timeout in ("long", "eternal") else "medium",
             tags = dist_test_tags(cell.backend, cell.world_size),
+            # Remote execution routes GPU targets to the GPU workers (tools/platforms).
+            exec_properties = {"Pool": "gpu"} if cell.backend in GPU_BACKENDS else {},
             python_version = "PY3",
             srcs_version = "PY3",
         )

@@ -79,7 +79,19 @@ def run_rank(target: Callable[..., None], environ: Mapping[str, str], log_path: 
         kind, fault_rank, pattern = parse_fault(spec)
         if rank == fault_rank and fnmatch.fnmatchcase(test_name, pattern):
             _inject_fault(kind, rank)
-    target(*args, **kwargs)
+    outputs = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR")
+    if os.environ.get("DIST_TESTS_TIMING") != "1" or not outputs:
+        target(*args, **kwargs)
+        return
+    # For tools/benchmark: how long this rank spent in torch's _run (rendezvous and test body).
+    timing_dir = os.path.join(outputs, "timing")
+    os.makedirs(timing_dir, exist_ok=True)
+    started = time.monotonic()
+    try:
+        target(*args, **kwargs)
+    finally:
+        with open(os.path.join(timing_dir, f"{test_name}.rank{rank}"), "w") as f:
+            f.write(f"{time.monotonic() - started:.6f}\n")
 
 
 def signal_name(exit_code: int) -> str:

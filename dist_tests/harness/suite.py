@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import unittest
-from typing import Any, ClassVar
+from typing import Any
 
 import torch.multiprocessing
 from torch.testing._internal import common_distributed
@@ -72,7 +72,6 @@ class SpawnHarness:
     processes: list
     pid_to_pipe: dict
     _dist_cause: str | None = None
-    _rank_log_dir: ClassVar[str] = ""
 
     def setUp(self) -> None:
         if RUN.skip_all_reason:

@@ -1,0 +1,43 @@
+"""Upstream's way of running the spawn suite, for tools/benchmark to compare against.
+
+What PyTorch's own spawn test file does: the shared class, a setUp that spawns every rank
+as a fresh interpreter, and torch's run_tests(). Needs BACKEND, WORLD_SIZE and TEMP_DIR.
+"""
+
+import os
+
+import torch
+from torch.testing._internal.common_utils import run_tests
+from torch.testing._internal.distributed.distributed_test import DistributedTest, TestDistBackend
+
+
+class TestDistBackendWithSpawn(TestDistBackend, DistributedTest._DistTestBase):
+    def setUp(self) -> None:
+        super().setUp()
+        self._spawn_processes()
+        torch.backends.cudnn.flags(enabled=True, allow_tf32=False).__enter__()
+
+
+def record_outcomes(path: str) -> None:
+    """Appends 'name<TAB>outcome' lines to path as tests finish (for tools/benchmark)."""
+    import unittest
+
+    def recorder(outcome: str, original):
+        def record(self, test, *args):
+            with open(path, "a") as f:
+                f.write(f"{test.id().rsplit('.', 1)[-1]}\t{outcome}\n")
+            return original(self, test, *args)
+
+        return record
+
+    result = unittest.TestResult
+    result.addSuccess = recorder("passed", result.addSuccess)
+    result.addSkip = recorder("skipped", result.addSkip)
+    result.addFailure = recorder("failed", result.addFailure)
+    result.addError = recorder("failed", result.addError)
+
+
+if __name__ == "__main__":
+    if os.environ.get("DIST_TESTS_OUTCOMES_FILE"):
+        record_outcomes(os.environ["DIST_TESTS_OUTCOMES_FILE"])
+    run_tests()
