@@ -33,7 +33,7 @@ class TargetResult:
     name: str
     backend: str
     world_size: int
-    status: str = "not run"  # not run, passed, failed, timed out, error
+    status: str = "not run"  # not run, passed, all skipped, failed, timed out, error
     passed: int = 0
     skipped: int = 0
     failed: int = 0
@@ -105,17 +105,19 @@ def read_target(testlogs: pathlib.Path, name: str) -> TargetResult:
         result.status = "error"
     elif result.failed or result.problems:
         result.status = "failed"
+    elif result.skipped and not result.passed:
+        result.status = "all skipped"  # passed only because skipping was allowed
     else:
         result.status = "passed"
     return result
 
 
 def terminal_table(results: list[TargetResult]) -> str:
-    header = f"{'target':<10} {'backend':<8} {'ranks':>5} {'status':<10} {'passed':>6} {'skipped':>7} {'failed':>6} {'timed out':>9} {'time':>8}"
+    header = f"{'target':<10} {'backend':<8} {'ranks':>5} {'status':<11} {'passed':>6} {'skipped':>7} {'failed':>6} {'timed out':>9} {'time':>8}"
     lines = [header, "-" * len(header)]
     for r in results:
         time_text = f"{r.seconds:.1f}s" if r.shards else "-"
-        lines.append(f"{r.name:<10} {r.backend:<8} {r.world_size:>5} {r.status:<10} {r.passed:>6} {r.skipped:>7} "
+        lines.append(f"{r.name:<10} {r.backend:<8} {r.world_size:>5} {r.status:<11} {r.passed:>6} {r.skipped:>7} "
                      f"{r.failed:>6} {r.timed_out:>9} {time_text:>8}")
     for r in results:
         for problem in r.problems:
@@ -160,6 +162,7 @@ td, th { border: 1px solid #ccc; padding: .4em .7em; text-align: left; vertical-
 .grid td { width: 11em; height: 4.5em; }
 .passed { background: #c8ecc8; } .failed { background: #f5b5b5; } .timed-out { background: #f9d58b; }
 .error { background: #e0b0e0; } .not-run { background: #e6e6e6; color: #666; }
+.all-skipped { background: #fff3c4; } .absent { background: #fafafa; color: #aaa; }
 .cell-name { font-weight: bold; } .counts { font-size: .85em; }
 pre { white-space: pre-wrap; max-height: 16em; overflow: auto; background: #f6f6f6; padding: .5em; }
 code { background: #f0f0f0; padding: 0 .2em; }
@@ -177,7 +180,7 @@ def html_page(results: list[TargetResult]) -> str:
         for size in sizes:
             r = by_cell.get((backend, size))
             if r is None:
-                cells.append("<td></td>")
+                cells.append("<td class='absent'>not in the matrix</td>")
                 continue
             css = r.status.replace(" ", "-")
             counts = "" if r.status == "not run" else (
