@@ -25,7 +25,6 @@ class RunPolicy:
     allow_skip = False
     selected_total = -1  # tests that match the filter across all shards; -1 = unknown
     filter_text = ""
-    idle_shard = ""  # set when a filtered run leaves this shard empty on purpose
 
 
 POLICY = RunPolicy()
@@ -90,9 +89,7 @@ class _Result(xml_reporter._TextAndXMLTestResult):
 
     def stopTestRun(self) -> None:
         skipped = len(self.skipped)
-        if POLICY.idle_shard:
-            self.stream.writeln(f"\ndist_tests: {POLICY.idle_shard}")
-        elif self.testsRun == 0 and POLICY.selected_total == 0:
+        if self.testsRun == 0 and POLICY.selected_total == 0:
             self._fail_run(
                 "no_test_selected",
                 f"no test of {POLICY.target} matches --test_filter={POLICY.filter_text!r}: nothing ran. "

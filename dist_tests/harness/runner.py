@@ -31,6 +31,7 @@ def configure() -> None:
         settings = settings_lib.load()
     except settings_lib.SettingsError as error:
         die(str(error))
+    _leave_idle_filtered_shard()
     from dist_tests.harness.state import RUN
 
     RUN.settings = settings
@@ -55,6 +56,24 @@ def configure() -> None:
         except FaultSpecError as error:
             die(str(error))
     os.environ[_CONFIGURED] = "1"
+
+
+def _leave_idle_filtered_shard() -> None:
+    """Ends shards 2..N of a filtered run at once, before torch loads: the selection runs in shard 1.
+
+    See _run_filtered_selection_in_first_shard(); this is its cheap half.
+    """
+    if not os.environ.get("TESTBRIDGE_TEST_ONLY") or int(os.environ.get("TEST_SHARD_INDEX", "0")) == 0:
+        return
+    total = os.environ.get("TEST_TOTAL_SHARDS", "1")
+    for variable in ("TEST_SHARD_STATUS_FILE", "XML_OUTPUT_FILE"):
+        if os.environ.get(variable):
+            with open(os.environ[variable], "w") as f:
+                f.write('<?xml version="1.0"?>\n<testsuites tests="0" failures="0" errors="0" time="0"></testsuites>\n'
+                        if variable == "XML_OUTPUT_FILE" else "")
+    index = int(os.environ["TEST_SHARD_INDEX"])
+    print(f"dist_tests: shard {index + 1} of {total} has nothing to run: a filtered selection runs in shard 1")
+    sys.exit(0)
 
 
 def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | None:
@@ -165,21 +184,15 @@ def main(test_class: type) -> None:
 
 
 def _run_filtered_selection_in_first_shard() -> None:
-    """A --test_filter selection runs whole in shard 1; the other shards run nothing.
+    """A --test_filter selection runs whole in shard 1; configure() already ended shards 2..N.
 
     A filter selects a few tests. Kept together, one shard sees all of them, so a selection
     whose every test is skipped fails instead of passing shard by shard.
     """
-    from dist_tests.harness import reporting
-
-    total = int(os.environ.get("TEST_TOTAL_SHARDS", "1"))
-    if total <= 1:
+    if int(os.environ.get("TEST_TOTAL_SHARDS", "1")) <= 1:
         return
     status_file = os.environ.get("TEST_SHARD_STATUS_FILE")
     if status_file:  # tells Bazel this runner understood sharding
         open(status_file, "a").close()
-    index = int(os.environ.pop("TEST_SHARD_INDEX"))
     del os.environ["TEST_TOTAL_SHARDS"]
-    if index > 0:
-        os.environ["TESTBRIDGE_TEST_ONLY"] = "dist_tests_no_test_in_this_shard"
-        reporting.POLICY.idle_shard = f"shard {index + 1} of {total} has nothing to run: a filtered selection runs in shard 1"
+    del os.environ["TEST_SHARD_INDEX"]
