@@ -56,6 +56,7 @@ def test_second_clone_gets_every_test_action_from_the_remote_cache(tmp_path, cac
         code, out = run_clone(second, tmp_path / "ob2", cache)
         assert code == 0, out
         line = processes_line(out)
+        print(f"second clone: {line}")
         # Four shards, all served by the cache, none executed.
         assert re.search(r"\b4 remote cache hit", line), line
         assert "linux-sandbox" not in line and "local" not in line, line
