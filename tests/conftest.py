@@ -11,7 +11,6 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BAZEL = str(ROOT / "tools" / "bazel")
-LOCKED_PYTHON = None  # filled lazily by locked_python()
 
 
 @dataclasses.dataclass

@@ -17,21 +17,15 @@ from typing import Any
 
 from absl.testing import xml_reporter
 
-
-class RunPolicy:
-    """What the runner decided before the tests started (set by runner.main)."""
-
-    target = "//dist_tests:unknown"
-    allow_skip = False
-    selected_total = -1  # tests that match the filter across all shards; -1 = unknown
-    filter_text = ""
+from dist_tests.harness.state import RUN
 
 
-POLICY = RunPolicy()
+def _target() -> str:
+    return RUN.settings.target if RUN.settings else "//dist_tests:unknown"
 
 
 def repro_command(test_name: str) -> str:
-    return f"tools/bazel test {POLICY.target} --test_filter={test_name}"
+    return f"tools/bazel test {_target()} --test_filter={test_name}"
 
 
 class _CaseResult(xml_reporter._TestCaseResult):
@@ -89,13 +83,13 @@ class _Result(xml_reporter._TextAndXMLTestResult):
 
     def stopTestRun(self) -> None:
         skipped = len(self.skipped)
-        if self.testsRun == 0 and POLICY.selected_total == 0:
+        if self.testsRun == 0 and RUN.selected_total == 0:
             self._fail_run(
                 "no_test_selected",
-                f"no test of {POLICY.target} matches --test_filter={POLICY.filter_text!r}: nothing ran. "
+                f"no test of {_target()} matches --test_filter={RUN.filter_text!r}: nothing ran. "
                 "Give a test name (test_all_reduce_sum), Class.name, or a pattern (*all_reduce*).",
             )
-        elif self.testsRun > 0 and skipped == self.testsRun and not POLICY.allow_skip:
+        elif self.testsRun > 0 and skipped == self.testsRun and not (RUN.settings and RUN.settings.allow_skip):
             self._fail_run(
                 "every_test_skipped",
                 f"every one of the {skipped} tests that ran was skipped, so this run tested nothing. "
@@ -112,7 +106,7 @@ class _Result(xml_reporter._TextAndXMLTestResult):
             self.stream.writeln("To rerun a failed test alone:")
             for name in self._failed_names:
                 self.stream.writeln(f"  {repro_command(name)}")
-        self.stream.writeln(f"{POLICY.target}: {passed} passed, {failed} failed, {skipped} skipped")
+        self.stream.writeln(f"{_target()}: {passed} passed, {failed} failed, {skipped} skipped")
 
 
 class SpawnTestRunner(xml_reporter.TextAndXMLTestRunner):

@@ -171,13 +171,11 @@ def main(test_class: type) -> None:
     torch_timeout = common_distributed.get_timeout
     common_distributed.get_timeout = lambda test_id: test_timeout_s(test_id, torch_timeout(test_id))
 
-    reporting.POLICY.target = settings.target
-    reporting.POLICY.allow_skip = settings.allow_skip
     sys.argv, by_hand = _take_k_options(sys.argv)
     test_filter = " ".join([os.environ.get("TESTBRIDGE_TEST_ONLY", "")] + [shlex.quote(w) for w in by_hand]).strip()
     if test_filter:
-        rewritten, reporting.POLICY.selected_total = _exact_filters(test_filter, test_class)
-        reporting.POLICY.filter_text = test_filter
+        rewritten, RUN.selected_total = _exact_filters(test_filter, test_class)
+        RUN.filter_text = test_filter
         os.environ["TESTBRIDGE_TEST_ONLY"] = rewritten
         _run_filtered_selection_in_first_shard()
     absltest.main(testRunner=reporting.SpawnTestRunner)

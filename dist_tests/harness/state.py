@@ -13,6 +13,8 @@ class Run:
     settings: Settings | None = None
     known: KnownFailures = KnownFailures.empty()
     skip_all_reason: str | None = None
+    filter_text: str = ""  # the --test_filter (or -k) words as given
+    selected_total: int = -1  # tests the filter selects across all shards; -1 = no filter
     started: float = time.monotonic()
 
 

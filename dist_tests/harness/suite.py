@@ -29,8 +29,6 @@ _FORKSERVER_PRELOAD = [
 _POLL_S = 0.02
 
 
-
-
 def remaining_budget_s() -> float | None:
     """Seconds left before Bazel kills this test process, or None without a deadline."""
     settings = RUN.settings
