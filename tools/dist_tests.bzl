@@ -1,21 +1,27 @@
 """The backend x world-size matrix of PyTorch's distributed spawn suite, one py_test per cell.
 
 `DIST_TEST_MATRIX` is the single source of the matrix: one line per target. Adding a backend
-or a world size is adding a line. `dist_test_matrix()` turns it into targets and suites.
+or a world size is adding a line. `dist_test_matrix()` turns it into targets and suites, and
+passes each target's backend, world size and device class to the harness in its environment.
+Run by hand, the harness reads this table itself (dist_tests/harness/matrix.py), so its lines
+must stay literal `struct(...)` calls.
 """
 
-# Backends whose ranks each need a GPU of their own.
-GPU_BACKENDS = ["nccl", "ucc"]
+load("@rules_python//python:defs.bzl", "py_test")
 
-# One line per target: backend, ranks, shards, and Bazel's timeout for one shard.
-# Shards are sized from measured times so that one shard takes a few minutes at most.
+# The device classes a line can name: "gpu" ranks each need a GPU of their own.
+DEVICES = ["cpu", "gpu"]
+
+# One line per target: backend, ranks, the device class its ranks need, shards, and Bazel's
+# timeout for one shard. Shards are sized from measured times so that one shard takes a few
+# minutes at most.
 DIST_TEST_MATRIX = [
-    struct(backend = "gloo", world_size = 2, shard_count = 4, timeout = "moderate"),
-    struct(backend = "gloo", world_size = 3, shard_count = 4, timeout = "moderate"),
-    struct(backend = "gloo", world_size = 4, shard_count = 4, timeout = "moderate"),
-    struct(backend = "nccl", world_size = 2, shard_count = 2, timeout = "long"),
-    struct(backend = "nccl", world_size = 4, shard_count = 2, timeout = "long"),
-    struct(backend = "ucc", world_size = 2, shard_count = 2, timeout = "long"),
+    struct(backend = "gloo", world_size = 2, device = "cpu", shard_count = 4, timeout = "moderate"),
+    struct(backend = "gloo", world_size = 3, device = "cpu", shard_count = 4, timeout = "moderate"),
+    struct(backend = "gloo", world_size = 4, device = "cpu", shard_count = 4, timeout = "moderate"),
+    struct(backend = "nccl", world_size = 2, device = "gpu", shard_count = 2, timeout = "long"),
+    struct(backend = "nccl", world_size = 4, device = "gpu", shard_count = 2, timeout = "long"),
+    struct(backend = "ucc", world_size = 2, device = "gpu", shard_count = 2, timeout = "long"),
 ]
 
 def dist_test_name(backend, world_size):
@@ -30,7 +36,7 @@ def dist_test_name(backend, world_size):
     """
     return "%s_%d" % (backend, world_size)
 
-def dist_test_tags(backend, world_size):
+def dist_test_tags(backend, world_size, device):
     """The tags of one matrix cell: its backend, its world size, and how Bazel must schedule it.
 
     GPU targets are `exclusive`: they share the host's GPUs. CPU targets run in parallel,
@@ -40,12 +46,13 @@ def dist_test_tags(backend, world_size):
     Args:
       backend: the backend's name.
       world_size: the number of ranks.
+      device: "cpu" or "gpu".
 
     Returns:
       The list of tags.
     """
     tags = [backend, "world_size_%d" % world_size]
-    if backend in GPU_BACKENDS:
+    if device == "gpu":
         tags += ["gpu", "exclusive"]
     else:
         tags += ["cpu", "block-network", "cpu:%d" % world_size]
@@ -61,29 +68,35 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
       matrix: the lines to declare; defaults to DIST_TEST_MATRIX.
     """
     by_backend = {}
-    by_device = {"cpu": [], "gpu": []}
+    by_device = {device: [] for device in DEVICES}
+    device_of_backend = {}
     for cell in matrix:
+        if cell.device not in DEVICES:
+            fail("%s_%d: device %r is not one of %s" % (cell.backend, cell.world_size, cell.device, DEVICES))
+        if device_of_backend.setdefault(cell.backend, cell.device) != cell.device:
+            fail("backend %r is on lines with different devices; give all its lines one device" % cell.backend)
         target = dist_test_name(cell.backend, cell.world_size)
-        native.py_test(
+        py_test(
             name = target,
             srcs = [main],
             main = main,
             deps = deps,
             env = {
                 "BACKEND": cell.backend,
+                "DIST_TESTS_DEVICE": cell.device,
                 "WORLD_SIZE": str(cell.world_size),
             },
             shard_count = cell.shard_count,
             timeout = cell.timeout,
             size = "large" if cell.timeout in ("long", "eternal") else "medium",
-            tags = dist_test_tags(cell.backend, cell.world_size),
+            tags = dist_test_tags(cell.backend, cell.world_size, cell.device),
             # Remote execution routes GPU targets to the GPU workers (tools/platforms).
-            exec_properties = {"Pool": "gpu"} if cell.backend in GPU_BACKENDS else {},
+            exec_properties = {"Pool": "gpu"} if cell.device == "gpu" else {},
             python_version = "PY3",
             srcs_version = "PY3",
         )
         by_backend.setdefault(cell.backend, []).append(":" + target)
-        by_device["gpu" if cell.backend in GPU_BACKENDS else "cpu"].append(":" + target)
+        by_device[cell.device].append(":" + target)
 
     for backend, tests in by_backend.items():
         native.test_suite(name = backend, tests = tests)

@@ -11,8 +11,10 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 
-BACKENDS = ("gloo", "nccl", "ucc")
-GPU_BACKENDS = ("nccl", "ucc")
+from dist_tests.harness import matrix
+
+# What the ranks of a target need: "gpu" ranks each need a GPU of their own.
+DEVICES = ("cpu", "gpu")
 START_METHODS = ("forkserver", "spawn")
 
 # Exit code for a run that could not start: bad settings or missing hardware.
@@ -27,6 +29,7 @@ class SettingsError(Exception):
 class Settings:
     backend: str
     world_size: int
+    device: str  # "cpu" or "gpu"
     uses_gpu: bool
     allow_skip: bool
     start_method: str
@@ -45,17 +48,25 @@ def max_world_size() -> int:
     return max(16, 4 * (os.cpu_count() or 1))
 
 
-def _backend(env: Mapping[str, str]) -> str:
+def _backend(env: Mapping[str, str], backends: Mapping[str, str]) -> str:
     value = env.get("BACKEND")
-    allowed = ", ".join(BACKENDS)
+    allowed = ", ".join(backends)
     if value is None or not value.strip():
         raise SettingsError(f"BACKEND is not set. Set it to one of: {allowed} (for example BACKEND=gloo).")
-    if value in BACKENDS:
+    if value in backends:
         return value
     hint = ""
-    if value.strip().lower() in BACKENDS:
+    if value.strip().lower() in backends:
         hint = f" Backend names are lower case: did you mean '{value.strip().lower()}'?"
     raise SettingsError(f"BACKEND={value!r} is not a backend of this suite. Use one of: {allowed}.{hint}")
+
+
+def _device(env: Mapping[str, str], backend: str, backends: Mapping[str, str]) -> str:
+    """DIST_TESTS_DEVICE, which each target sets; by hand, unset, the device of BACKEND's lines in the matrix."""
+    value = env.get("DIST_TESTS_DEVICE") or backends[backend]
+    if value not in DEVICES:
+        raise SettingsError(f"DIST_TESTS_DEVICE={value!r}: use one of {', '.join(DEVICES)} (or leave it unset).")
+    return value
 
 
 def _world_size(env: Mapping[str, str]) -> int:
@@ -119,7 +130,12 @@ def _work_dir(env: Mapping[str, str]) -> str:
 
 def load(env: Mapping[str, str] = os.environ) -> Settings:
     """Checks every setting; raises SettingsError on the first bad one."""
-    backend = _backend(env)
+    try:
+        backends = matrix.device_of_backends()
+    except matrix.MatrixError as error:
+        raise SettingsError(str(error)) from None
+    backend = _backend(env, backends)
+    device = _device(env, backend, backends)
     world_size = _world_size(env)
     _shards(env)
     start_method = env.get("DIST_TESTS_START_METHOD", "forkserver")
@@ -131,7 +147,8 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     return Settings(
         backend=backend,
         world_size=world_size,
-        uses_gpu=backend in GPU_BACKENDS,
+        device=device,
+        uses_gpu=device == "gpu",
         allow_skip=env.get("DIST_TESTS_ALLOW_SKIP") == "1",
         start_method=start_method,
         work_dir=_work_dir(env),
