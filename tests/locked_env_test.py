@@ -1,5 +1,6 @@
 """Runs inside a py_test: the interpreter and packages are the locked environment's."""
 
+import hashlib
 import os
 import re
 import site
@@ -38,6 +39,21 @@ class LockedEnvironmentTest(unittest.TestCase):
         host_dirs = [p for p in sys.path if p.endswith("site-packages") and "dist_python" not in p]
         self.assertEqual(host_dirs, [])
         self.assertFalse(os.path.isdir(site.getusersitepackages()) and site.getusersitepackages() in sys.path)
+
+    def test_interpreter_is_the_environments_copy(self) -> None:
+        # An input of this action (in its runfiles), not the host's installation.
+        self.assertIn(".runfiles", sys.executable)
+        self.assertIn(f"{os.sep}dist_python{os.sep}python{os.sep}bin{os.sep}", sys.executable)
+        for module in (os, hashlib):
+            self.assertIn(f"{os.sep}dist_python{os.sep}python{os.sep}lib{os.sep}", module.__file__)
+
+    def test_identity_file_describes_this_interpreter(self) -> None:
+        with open(os.path.join(os.environ["TEST_SRCDIR"], "dist_python", "python_identity.txt")) as f:
+            identity = dict(line.split(": ", 1) for line in f.read().splitlines())
+        self.assertEqual(identity["python"], sys.version.split()[0])
+        with open(sys.executable, "rb") as f:
+            self.assertEqual(identity["binary sha256"], hashlib.sha256(f.read()).hexdigest())
+        self.assertEqual(identity["torch"], "locked")
 
     def test_interpreter_matches_the_lock(self) -> None:
         with open(LOCK) as f:

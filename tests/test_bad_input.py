@@ -18,6 +18,7 @@ CASES = [
     ("backend-missing", {"BACKEND": None}, None, "BACKEND is not set"),
     ("backend-unknown", {"BACKEND": "infiniband"}, None, "Use one of: gloo, nccl, ucc"),
     ("backend-wrong-case", {"BACKEND": "GLOO"}, None, "did you mean 'gloo'"),
+    ("device-unknown", {"DIST_TESTS_DEVICE": "tpu"}, None, "DIST_TESTS_DEVICE='tpu': use one of cpu, gpu"),
     ("world-size-0", {"WORLD_SIZE": "0"}, None, "too small"),
     ("world-size-1", {"WORLD_SIZE": "1"}, None, "too small"),
     ("world-size-negative", {"WORLD_SIZE": "-2"}, None, "too small"),

@@ -1,10 +1,12 @@
 """The matrix as Bazel sees it: one py_test per backend and world size, env, tags, suites."""
 
+import os
 import re
+import subprocess
 
 import pytest
 
-from conftest import bazel
+from conftest import ROOT, bazel
 
 EXPECTED = {
     "gloo_2": ("gloo", 2, False),
@@ -37,6 +39,7 @@ def test_env_and_tags(rules, name):
     block = rules[name]
     assert f'"BACKEND": "{backend}"' in block
     assert f'"WORLD_SIZE": "{world_size}"' in block
+    assert f'"DIST_TESTS_DEVICE": "{"gpu" if gpu else "cpu"}"' in block
     tags = re.search(r"tags = \[(.*?)\]", block, re.S).group(1)
     assert f'"{backend}"' in tags
     assert f'"world_size_{world_size}"' in tags
@@ -63,3 +66,47 @@ def test_tag_filter_excludes_gpu_targets():
     run = bazel("query", 'attr("tags", "\\bgpu\\b", tests(//dist_tests:all))')
     found = {line.split(":")[1] for line in run.output.splitlines() if line.startswith("//dist_tests:")}
     assert found == {"nccl_2", "nccl_4", "ucc_2"}
+
+
+def harness_settings(python, changes: dict[str, str], table: str | None = None) -> subprocess.CompletedProcess:
+    """Loads the harness's settings by hand (no Bazel), printing backend, device and the backends it knows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "DIST_TESTS_", "BACKEND", "WORLD_SIZE"))}
+    env.update({"WORLD_SIZE": "2", "PYTHONPATH": str(ROOT), **changes})
+    code = (
+        "from dist_tests.harness import matrix, settings\n"
+        + (f"matrix.TABLE = {table!r}\n" if table else "")
+        + "s = settings.load()\nprint(s.backend, s.device, ','.join(matrix.device_of_backends(matrix.TABLE)))"
+    )
+    return subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("backend, device", [("gloo", "cpu"), ("nccl", "gpu"), ("ucc", "gpu")])
+def test_by_hand_the_device_comes_from_the_matrix_table(python, backend, device):
+    run = harness_settings(python, {"BACKEND": backend})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[:2] == [backend, device]
+
+
+def test_by_hand_the_device_can_be_given(python):
+    run = harness_settings(python, {"BACKEND": "nccl", "DIST_TESTS_DEVICE": "cpu"})
+    assert run.stdout.split()[:2] == ["nccl", "cpu"], run.stderr
+
+
+def test_a_new_backend_is_one_line_in_the_table(python, tmp_path):
+    table = tmp_path / "dist_tests.bzl"
+    text = (ROOT / "tools" / "dist_tests.bzl").read_text()
+    line = '    struct(backend = "ucc", world_size = 2, device = "gpu", shard_count = 2, timeout = "long"),\n'
+    assert line in text
+    new = '    struct(backend = "xccl", world_size = 2, device = "gpu", shard_count = 2, timeout = "long"),\n'
+    table.write_text(text.replace(line, line + new))
+    run = harness_settings(python, {"BACKEND": "xccl"}, table=str(table))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["xccl", "gpu", "gloo,nccl,ucc,xccl"]
+
+
+def test_a_table_the_harness_cannot_read_is_a_clear_error(python, tmp_path):
+    table = tmp_path / "dist_tests.bzl"
+    table.write_text("DIST_TEST_MATRIX = _lines_from_elsewhere()\n")
+    run = harness_settings(python, {"BACKEND": "gloo"}, table=str(table))
+    assert run.returncode != 0
+    assert f"cannot read the target matrix in {table}" in run.stderr

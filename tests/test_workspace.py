@@ -1,5 +1,6 @@
 """The workspace builds offline, on the locked environment, and checks its interpreter."""
 
+import hashlib
 import pathlib
 import shutil
 import subprocess
@@ -39,6 +40,23 @@ def test_an_interpreter_of_another_version_is_refused(fresh_output_base, tmp_pat
     assert "is Python 3.9" in run.output
     assert "locked for Python 3.11" in run.output
     assert "DIST_TESTS_PYTHON" in run.output
+
+
+def test_a_torch_wheel_needs_its_own_sha256(fresh_output_base, tmp_path):
+    wheel = tmp_path / "torch-2.13.0-cp311-cp311-linux_x86_64.whl"
+    wheel.write_bytes(b"a wheel rebuilt at the same path")
+    actual = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    target = ("build", "@dist_python//:runtime", f"--repo_env=DIST_TESTS_TORCH_WHEEL={wheel}")
+
+    wrong = bazel(*target, "--repo_env=DIST_TESTS_TORCH_WHEEL_SHA256=" + "0" * 64, startup=fresh_output_base)
+    assert wrong.returncode != 0
+    assert f"has sha256 {actual}, but DIST_TESTS_TORCH_WHEEL_SHA256 is {'0' * 64}" in wrong.output
+    assert f"--repo_env=DIST_TESTS_TORCH_WHEEL_SHA256={actual}" in wrong.output
+
+    missing = bazel(*target, startup=fresh_output_base)
+    assert missing.returncode != 0
+    assert "DIST_TESTS_TORCH_WHEEL needs DIST_TESTS_TORCH_WHEEL_SHA256" in missing.output
+    assert f"--repo_env=DIST_TESTS_TORCH_WHEEL_SHA256={actual}" in missing.output
 
 
 def test_the_lock_pins_every_package_with_a_hash():

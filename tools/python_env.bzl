@@ -213,7 +213,9 @@ def _checked_wheel_sha256(rctx, executable, torch_wheel):
 
 def _interpreter_torch_fingerprint(rctx, executable):
     """(version, git version, RECORD path, RECORD sha256) of the torch installed for the interpreter."""
-    result = rctx.execute([executable, "-c", _TORCH_FINGERPRINT], quiet = True)
+
+    # -E: the torch of this interpreter, not one a PYTHONPATH of the caller points at.
+    result = rctx.execute([executable, "-E", "-c", _TORCH_FINGERPRINT], quiet = True)
     if result.return_code != 0:
         _fail(("DIST_TESTS_USE_INTERPRETER_TORCH=1, but %s has no usable torch installation:\n%s\n" +
                "Install torch for that interpreter, or point DIST_TESTS_PYTHON at one that has it.") % (executable, result.stderr))
@@ -254,13 +256,13 @@ def _python_env_impl(rctx):
 
     # The interpreter: copied into python/ (an input of every test), or, for the interpreter's
     # own torch, run in place and only described.
-    relocate = [executable, rctx.path(rctx.attr._relocatable_python)]
+    relocate = [executable, "-E", rctx.path(rctx.attr._relocatable_python)]
     if interpreter_torch:
         _run(rctx, relocate + ["--describe-only", "python_identity.txt"], "Describing the interpreter")
         python_command = executable
     else:
         rctx.report_progress("Copying the interpreter")
-        _run(rctx, relocate + ["python", "python_identity.txt"], "Copying the interpreter %s" % executable, environment = {"PYTHONHASHSEED": "0"})
+        _run(rctx, relocate + ["python", "python_identity.txt"], "Copying the interpreter %s" % executable)
         python_command = '"$here/python/bin/python%s"' % have_version
     rctx.file("python_identity.txt", rctx.read("python_identity.txt") + torch_identity + "\n")
 

@@ -25,8 +25,9 @@ def _literal_lines(tree: ast.Module) -> list[dict]:
     raise MatrixError("it has no literal DIST_TEST_MATRIX = [struct(...), ...] table")
 
 
-def device_of_backends(table: str = TABLE) -> dict[str, str]:
+def device_of_backends(table: str | None = None) -> dict[str, str]:
     """{backend: "cpu" or "gpu"}, in the table's order."""
+    table = table or TABLE
     try:
         with open(table, encoding="utf-8") as f:
             lines = _literal_lines(ast.parse(f.read(), table))
