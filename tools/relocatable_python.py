@@ -82,6 +82,18 @@ def _dynamic_entries(data: bytes) -> tuple[list[tuple[int, int, int]], int]:
     raise RelocationError("the interpreter's string table is not in a loaded segment")
 
 
+def _dynamic_string(data: bytes, strtab: int, offset: int) -> bytes:
+    start = strtab + offset
+    return data[start:data.index(b"\0", start)]
+
+
+def needed_libraries(binary: pathlib.Path) -> list[str]:
+    """The shared libraries the binary itself links (DT_NEEDED)."""
+    data = binary.read_bytes()
+    entries, strtab = _dynamic_entries(data)
+    return [_dynamic_string(data, strtab, value).decode() for _, tag, value in entries if tag == 1]
+
+
 def make_library_path_relative(binary: pathlib.Path) -> bool:
     """Rewrites the binary's RUNPATH (or RPATH) in place to $ORIGIN/../lib; False if it has none."""
     data = bytearray(binary.read_bytes())
@@ -183,8 +195,9 @@ def relocate(dest: pathlib.Path) -> list[str]:
     binary.chmod(0o755)
     identity = [f"python: {sys.version.split()[0]}", f"implementation: {sys.implementation.name}"]
 
-    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        soname = sysconfig.get_config_var("INSTSONAME")
+    soname = sysconfig.get_config_var("INSTSONAME")
+    # Some distributions build libpython but link their python binary statically: ask the binary.
+    if soname in needed_libraries(binary):
         library = pathlib.Path(sysconfig.get_config_var("LIBDIR")) / soname
         if not library.is_file():
             raise RelocationError(f"{executable} links {soname}, which is not at {library}")
@@ -207,10 +220,11 @@ def relocate(dest: pathlib.Path) -> list[str]:
 
 def describe() -> list[str]:
     """The identity of the running interpreter, in place."""
+    executable = pathlib.Path(os.path.realpath(sys.executable))
     identity = [f"python: {sys.version.split()[0]}", f"implementation: {sys.implementation.name}",
-                f"binary sha256: {sha256(pathlib.Path(os.path.realpath(sys.executable)))}"]
-    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        soname = sysconfig.get_config_var("INSTSONAME")
+                f"binary sha256: {sha256(executable)}"]
+    soname = sysconfig.get_config_var("INSTSONAME")
+    if soname in needed_libraries(executable):
         library = pathlib.Path(sysconfig.get_config_var("LIBDIR")) / soname
         identity.append(f"libpython: {soname} sha256 {sha256(library) if library.is_file() else 'not found'}")
     else:
