@@ -3,8 +3,8 @@
 `DIST_TEST_MATRIX` is the single source of the matrix: one line per target. Adding a backend
 or a world size is adding a line. `dist_test_matrix()` turns it into targets and suites, and
 passes each target's backend, world size and device class to the harness in its environment.
-Run by hand, the harness reads this table itself (dist_tests/harness/matrix.py), so its lines
-must stay literal `struct(...)` calls.
+The harness reads this table too (dist_tests/harness/matrix.py: the backends it accepts and,
+run by hand, each backend's device class), so its lines must stay literal `struct(...)` calls.
 """
 
 load("@rules_python//python:defs.bzl", "py_test")
