@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import bazel, read_cases, logs_dir
+from conftest import all_cases, bazel
 
 TARGET = "//dist_tests:gloo_2"
 FILTER = "--test_filter=test_all_reduce_sum test_broadcast"
@@ -38,7 +38,7 @@ def test_a_faulty_rank_fails_only_its_test(fault, expected):
         f"--test_env=DIST_TESTS_FAULT={fault}:1:test_all_reduce_sum", "--test_env=DIST_TESTS_PER_TEST_TIMEOUT=10",
     )
     assert run.returncode != 0
-    cases = {c.name: c for c in read_cases(logs_dir(TARGET) / "test.xml")}
+    cases = {c.name: c for c in all_cases(TARGET)}
     assert cases["test_broadcast"].outcome == "passed"
     failed = cases["test_all_reduce_sum"]
     assert failed.outcome == "failed"
