@@ -53,13 +53,32 @@ def test_shards_are_disjoint_and_cover_the_unsharded_run(full_sharded_run):
     assert sharded_outcomes == {c.name: c.outcome for c in unsharded}
 
 
-def test_a_filtered_selection_runs_whole_in_the_first_shard():
+def test_a_small_filtered_selection_runs_whole_in_the_first_shard():
     run = bazel("test", TARGET, f"--test_filter={PATTERN}", "--nocache_test_results")
     assert run.returncode == 0, run.output
     per_shard = shard_cases(TARGET)
     assert len(per_shard[1]) >= 5
     assert all(per_shard[i] == [] for i in (2, 3, 4))
     assert "has nothing to run" in shard_log(TARGET, 2)
+
+
+def test_a_large_filtered_selection_is_sharded_as_usual():
+    # 'group' selects 74 tests, more than one shard's share of the suite (285 / 4).
+    run = bazel("test", TARGET, "--test_filter=group", "--nocache_test_results")
+    assert run.returncode == 0, run.output
+    per_shard = shard_cases(TARGET)
+    assert sorted(per_shard) == [1, 2, 3, 4]
+    assert all(len(cases) >= 15 for cases in per_shard.values()), {i: len(c) for i, c in per_shard.items()}
+    names = [c.name for cases in per_shard.values() for c in cases]
+    assert len(names) == len(set(names)) > 72
+    assert all("group" in name for name in names)
+
+
+def test_k_by_test_arg_selects_like_test_filter():
+    run = bazel("test", TARGET, "--test_arg=-k", "--test_arg=test_all_reduce_sum", "--nocache_test_results")
+    assert run.returncode == 0, run.output
+    # Once, in one shard: not once per shard.
+    assert [(c.name, c.outcome) for c in all_cases(TARGET)] == [("test_all_reduce_sum", "passed")]
 
 
 def test_a_selection_whose_every_test_skips_does_not_pass():
