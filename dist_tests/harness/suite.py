@@ -178,10 +178,13 @@ class SpawnHarness:
         try:
             while True:
                 codes = [p.exitcode for p in self.processes]
+                killed = [(r, c) for r, c in enumerate(codes) if c is not None and c < 0]
                 if all(code is not None for code in codes):
+                    if killed:  # every rank ended before the loop looked: name the signals all the same
+                        self._dist_abnormal = True
+                        self._dist_cause = "; ".join(f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in killed)
                     break
                 errored = [r for r, c in enumerate(codes) if c == MultiProcessTestCase.TEST_ERROR_EXIT_CODE]
-                killed = [(r, c) for r, c in enumerate(codes) if c is not None and c < 0]
                 if errored or killed:
                     causes = [f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in killed]
                     causes += [f"rank {r} raised an exception" for r in errored]
@@ -219,6 +222,7 @@ class SpawnHarness:
         except unittest.SkipTest:
             raise
         except Exception as error:
+            # Excused only as listed: an exception, not a timeout or a rank dead by a signal.
             if reason is not None and not self._dist_abnormal:
                 raise unittest.SkipTest(f"{KNOWN_FAILURE_PREFIX} ({RUN.known.source}): {reason}") from None
             # The cause the join loop saw (a signal, a timeout) first, then torch's message.
