@@ -1,16 +1,24 @@
-"""Shared helpers for the project's own tests: real Bazel runs and their JUnit XML."""
+"""Shared helpers for the project's own tests: real Bazel runs and their results.
+
+Results come from the latest `bazel test`'s build events (tools/testlogs.py, the reader the
+report and the benchmark use), never from globbing bazel-testlogs, which keeps folders of
+earlier invocations.
+"""
 
 import dataclasses
-import glob
 import os
 import pathlib
 import subprocess
-import xml.etree.ElementTree as ET
+import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BAZEL = str(ROOT / "tools" / "bazel")
+
+sys.path.insert(0, str(ROOT))
+from tools import testlogs  # noqa: E402
+from tools.testlogs import Case, read_cases  # noqa: E402,F401
 
 
 @dataclasses.dataclass
@@ -33,40 +41,26 @@ def bazel(*args: str, startup: tuple[str, ...] = (), env: dict | None = None, ti
     return Run(proc.returncode, proc.stdout)
 
 
-def logs_dir(target: str) -> pathlib.Path:
-    """bazel-testlogs folder of a //dist_tests:NAME style label."""
-    package, name = target.lstrip("/").split(":")
-    return ROOT / "bazel-testlogs" / package / name
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    name: str
-    outcome: str  # passed, skipped, failed
-    message: str
-
-
-def read_cases(xml_path: pathlib.Path) -> list[Case]:
-    cases = []
-    for case in ET.parse(xml_path).getroot().iter("testcase"):
-        outcome, message = "passed", ""
-        for child in case:
-            if child.tag in ("failure", "error"):
-                outcome, message = "failed", child.get("message", "")
-            elif child.tag == "skipped" and outcome == "passed":
-                outcome, message = "skipped", child.get("message", "")
-        cases.append(Case(case.get("name"), outcome, message))
-    return cases
-
-
-def shard_xmls(target: str) -> list[pathlib.Path]:
-    base = logs_dir(target)
-    sharded = sorted(pathlib.Path(p) for p in glob.glob(str(base / "shard_*" / "test.xml")))
-    return sharded or [base / "test.xml"]
+def results(target: str) -> testlogs.TargetResults:
+    """What the latest `bazel test` did for a label such as //dist_tests:gloo_2."""
+    return testlogs.latest(ROOT).target(target)
 
 
 def all_cases(target: str) -> list[Case]:
-    return [case for xml in shard_xmls(target) for case in read_cases(xml)]
+    """Every testcase of the target's final attempts in the latest invocation."""
+    return results(target).cases()
+
+
+def shard_cases(target: str) -> dict[int, list[Case]]:
+    """Testcases by shard number (1..N), for a single run."""
+    return {a.shard: a.cases() for a in results(target).final_attempts()}
+
+
+def shard_log(target: str, shard: int = 1) -> str:
+    """test.log of one shard (of the first run) in the latest invocation."""
+    attempt = next(a for a in results(target).final_attempts() if a.shard == shard and a.run == 1)
+    assert attempt.log is not None, f"the build events name no test.log for {target} shard {shard}"
+    return attempt.log.read_text()
 
 
 def locked_python() -> str:

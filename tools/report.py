@@ -1,13 +1,18 @@
-"""The dist_tests matrix at a glance, from the JUnit XML under bazel-testlogs.
+"""The dist_tests matrix at a glance, for the latest `bazel test` of this workspace.
 
     tools/bazel run //tools:report                 # after tools/bazel test //dist_tests/...
     tools/bazel run //tools:report -- --out DIR
 
-Prints a table (backend x world size: passed, skipped, failed, timed out, time), and writes
-`report.md` and a self-contained `report.html` (a colour grid of the matrix, each failing
-test with its message and repro command, skip reasons with counts) into DIR, by default
-`dist_tests_report/` in the workspace. Shards are merged; targets with no results show as
-not run; a missing or malformed XML is reported for its target and the rest go on.
+Reads the latest invocation's build events (bazel-test-events.json, which .bazelrc makes
+every `bazel test` write; see tools/testlogs.py) and only the test.xml files they name.
+Prints a table (backend x world size: status as Bazel gave it, FLAKY included, runs, passed,
+skipped, known failures, failed, did not run, timed out, time), and writes `report.md` and a
+self-contained `report.html` (a colour grid of the matrix, each failing test with its
+message and repro command, skip reasons with counts) into DIR, by default
+`dist_tests_report/` in the workspace. Targets the invocation did not test show as such; a
+missing or malformed XML is reported for its target and the rest go on. If bazel-testlogs
+holds results newer than the events, the last `bazel test` did not write them: the report
+says so and exits non-zero.
 """
 
 import argparse
@@ -17,9 +22,28 @@ import html
 import os
 import pathlib
 import sys
+import time
 import xml.etree.ElementTree as ET
 
-_TIMED_OUT_MARK = "-- Test timed out at"
+if __package__ is None and "tools.testlogs" not in sys.modules:
+    # Run as a file: make the workspace root importable, as Bazel's runfiles do.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools import testlogs  # noqa: E402
+
+# Bazel's overall test status, as the report writes it.
+_STATUS = {
+    "PASSED": "passed",
+    "FLAKY": "flaky",
+    "FAILED": "failed",
+    "TIMEOUT": "timed out",
+    "FAILED_TO_BUILD": "not built",
+    "INCOMPLETE": "incomplete",
+    "REMOTE_FAILURE": "remote failure",
+    "TOOL_HALTED_BEFORE_TESTING": "not run",
+    "NO_STATUS": "not run",
+    testlogs.NOT_IN_INVOCATION: testlogs.NOT_IN_INVOCATION,
+}
 
 
 @dataclasses.dataclass
@@ -33,10 +57,13 @@ class TargetResult:
     name: str
     backend: str
     world_size: int
-    status: str = "not run"  # not run, passed, all skipped, failed, timed out, error
+    status: str = testlogs.NOT_IN_INVOCATION
+    runs: str = "-"  # for example "3 runs: 3 passed"
     passed: int = 0
     skipped: int = 0
+    known: int = 0  # known failures (dist_tests/known_failures), apart from skips
     failed: int = 0
+    not_run: int = 0  # tests that did not start for lack of time
     timed_out: int = 0  # shards that Bazel stopped at their timeout
     seconds: float = 0.0
     shards: int = 0
@@ -48,89 +75,98 @@ class TargetResult:
     def label(self) -> str:
         return f"//dist_tests:{self.name}"
 
+    @property
+    def ran(self) -> bool:
+        return bool(self.shards)
+
     def repro(self, test: str) -> str:
         return f"tools/bazel test {self.label} --test_filter={test}"
 
 
-def _shard_dirs(target_dir: pathlib.Path) -> list[pathlib.Path]:
-    shards = sorted(p for p in target_dir.glob("shard_*_of_*") if p.is_dir())
-    return shards or [target_dir]
-
-
-def _read_shard(result: TargetResult, shard: pathlib.Path) -> None:
-    log = shard / "test.log"
-    if log.exists() and _TIMED_OUT_MARK in log.read_text(errors="replace"):
+def _count(result: TargetResult, attempt: testlogs.Attempt) -> None:
+    result.seconds += attempt.seconds
+    if attempt.status == "TIMEOUT":
         result.timed_out += 1
-    xml = shard / "test.xml"
-    if not xml.exists():
-        result.problems.append(f"{xml}: missing")
-        return
     try:
-        root = ET.parse(xml).getroot()
-    except ET.ParseError as error:
-        result.problems.append(f"{xml}: malformed XML ({error})")
+        cases = attempt.cases()
+    except (testlogs.EventsError, OSError) as error:
+        result.problems.append(f"run {attempt.run}, shard {attempt.shard}: test.xml missing ({error})")
         return
-    suite_times = [float(s.get("time", 0) or 0) for s in root.iter("testsuite")]
-    result.seconds += max(suite_times, default=0.0)
-    for case in root.iter("testcase"):
-        name = case.get("name", "?")
-        children = {child.tag: child for child in case}
-        bad = children.get("failure", children.get("error"))
-        if bad is not None:
+    except ET.ParseError as error:
+        result.problems.append(f"{attempt.xml}: malformed XML ({error})")
+        return
+    for case in cases:
+        if case.outcome == "failed":
             result.failed += 1
-            result.failures.append(Failure(name, bad.get("message", "") or (bad.text or "")))
-        elif "skipped" in children:
+            result.failures.append(Failure(case.name, case.message))
+        elif case.outcome == "not run":
+            result.not_run += 1
+        elif case.outcome == "known failure":
+            result.known += 1
+            result.skip_reasons[case.message] += 1
+        elif case.outcome == "skipped":
             result.skipped += 1
-            result.skip_reasons[children["skipped"].get("message", "") or "(no reason)"] += 1
-        elif case.get("status") == "notrun":
-            result.skipped += 1
-            result.skip_reasons["(no reason)"] += 1
+            result.skip_reasons[case.message or "(no reason)"] += 1
         else:
             result.passed += 1
 
 
-def read_target(testlogs: pathlib.Path, name: str) -> TargetResult:
+def read_target(invocation: testlogs.Invocation, name: str) -> TargetResult:
     backend, world_size = name.rsplit("_", 1)
     result = TargetResult(name, backend, int(world_size))
-    target_dir = testlogs / "dist_tests" / name
-    if not target_dir.is_dir():
+    target = invocation.target(f"//dist_tests:{name}")
+    result.status = _STATUS.get(target.status, target.status.lower())
+    final = target.final_attempts()
+    if not final:
         return result
-    shards = _shard_dirs(target_dir)
-    result.shards = len(shards)
-    for shard in shards:
-        _read_shard(result, shard)
-    if result.timed_out:
-        result.status = "timed out"
-    elif result.problems and not (result.passed or result.failed or result.skipped):
+    result.runs = target.runs_text()
+    result.shards = target.shards
+    for attempt in final:
+        _count(result, attempt)
+    if result.problems and result.status == "passed":
         result.status = "error"
-    elif result.failed or result.problems:
-        result.status = "failed"
-    elif result.skipped and not result.passed:
+    elif result.status == "passed" and result.skipped + result.known and not result.passed:
         result.status = "all skipped"  # passed only because skipping was allowed
-    else:
-        result.status = "passed"
     return result
 
 
-def terminal_table(results: list[TargetResult]) -> str:
-    header = f"{'target':<10} {'backend':<8} {'ranks':>5} {'status':<11} {'passed':>6} {'skipped':>7} {'failed':>6} {'timed out':>9} {'time':>8}"
-    lines = [header, "-" * len(header)]
+_COUNTS = ("passed", "skipped", "known", "failed", "not run", "timed out")
+
+
+def _counts(r: TargetResult) -> list[int]:
+    return [r.passed, r.skipped, r.known, r.failed, r.not_run, r.timed_out]
+
+
+def terminal_table(results: list[TargetResult], invocation: testlogs.Invocation | None) -> str:
+    """One line per target: counts first, then the status and the runs, which may hold spaces."""
+    header = (f"{'target':<10} {'backend':<8} {'ranks':>5} " + " ".join(f"{c:>9}" for c in _COUNTS)
+              + f" {'time':>8}  {'status':<26}  runs")
+    lines = [_about(invocation), "", header, "-" * len(header)]
     for r in results:
-        time_text = f"{r.seconds:.1f}s" if r.shards else "-"
-        lines.append(f"{r.name:<10} {r.backend:<8} {r.world_size:>5} {r.status:<11} {r.passed:>6} {r.skipped:>7} "
-                     f"{r.failed:>6} {r.timed_out:>9} {time_text:>8}")
+        time_text = f"{r.seconds:.1f}s" if r.ran else "-"
+        lines.append(f"{r.name:<10} {r.backend:<8} {r.world_size:>5} " + " ".join(f"{n:>9}" for n in _counts(r))
+                     + f" {time_text:>8}  {r.status:<26}  {r.runs}")
     for r in results:
         for problem in r.problems:
             lines.append(f"! {r.label}: {problem}")
     return "\n".join(lines)
 
 
-def markdown(results: list[TargetResult]) -> str:
-    out = ["# dist_tests matrix", "", "| target | backend | ranks | status | passed | skipped | failed | timed out | time |",
-           "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+def _about(invocation: testlogs.Invocation | None) -> str:
+    if invocation is None:
+        return "no results: no `bazel test` has written its build events in this workspace"
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(invocation.started_ms / 1000))
+    unfinished = "" if invocation.finished else " (it did not finish)"
+    return f"results of `{invocation.command}`, started {when}{unfinished}"
+
+
+def markdown(results: list[TargetResult], invocation: testlogs.Invocation | None) -> str:
+    out = ["# dist_tests matrix", "", _about(invocation), "",
+           "| target | backend | ranks | status | runs | " + " | ".join(_COUNTS) + " | time |",
+           "| --- | --- | ---: | --- | --- | " + " | ".join("---:" for _ in _COUNTS) + " | ---: |"]
     for r in results:
-        out.append(f"| `{r.label}` | {r.backend} | {r.world_size} | {r.status} | {r.passed} | {r.skipped} | {r.failed} "
-                   f"| {r.timed_out} | {r.seconds:.1f} s |")
+        out.append(f"| `{r.label}` | {r.backend} | {r.world_size} | {r.status} | {r.runs} | "
+                   + " | ".join(str(n) for n in _counts(r)) + f" | {r.seconds:.1f} s |")
     failures = [(r, f) for r in results for f in r.failures]
     if failures:
         out += ["", "## Failures", ""]
@@ -142,7 +178,7 @@ def markdown(results: list[TargetResult]) -> str:
         out += ["", "## Unreadable results", ""] + [f"- `{r.label}`: {p}" for r, p in problems]
     reasons = _all_skip_reasons(results)
     if reasons:
-        out += ["", "## Skip reasons", "", "| tests | reason |", "| ---: | --- |"]
+        out += ["", "## Skip reasons and known failures", "", "| tests | reason |", "| ---: | --- |"]
         out += [f"| {count} | {reason} |" for reason, count in reasons.most_common()]
     return "\n".join(out) + "\n"
 
@@ -169,7 +205,7 @@ code { background: #f0f0f0; padding: 0 .2em; }
 """
 
 
-def html_page(results: list[TargetResult]) -> str:
+def html_page(results: list[TargetResult], invocation: testlogs.Invocation | None) -> str:
     esc = html.escape
     backends = sorted({r.backend for r in results}, key=lambda b: [r.backend for r in results].index(b))
     sizes = sorted({r.world_size for r in results})
@@ -182,13 +218,15 @@ def html_page(results: list[TargetResult]) -> str:
             if r is None:
                 cells.append("<td class='absent'>not in the matrix</td>")
                 continue
-            css = r.status.replace(" ", "-")
-            counts = "" if r.status == "not run" else (
-                f"<div class='counts'>{r.passed} passed, {r.skipped} skipped, {r.failed} failed"
-                f"{f', {r.timed_out} timed out' if r.timed_out else ''}<br>{r.seconds:.1f} s, {r.shards} shard(s)</div>")
+            css = "not-run" if not r.ran else r.status.replace(" ", "-")
+            extra = "".join(f", {n} {word}" for n, word in ((r.known, "known failures"), (r.not_run, "did not run"),
+                                                            (r.timed_out, "timed out")) if n)
+            counts = "" if not r.ran else (
+                f"<div class='counts'>{esc(r.runs)}<br>{r.passed} passed, {r.skipped} skipped, {r.failed} failed"
+                f"{extra}<br>{r.seconds:.1f} s, {r.shards} shard(s)</div>")
             cells.append(f"<td class='{css}'><div class='cell-name'>{esc(r.name)}: {esc(r.status)}</div>{counts}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    body = [f"<h1>dist_tests matrix</h1>", f"<table class='grid'>{''.join(rows)}</table>"]
+    body = ["<h1>dist_tests matrix</h1>", f"<p>{esc(_about(invocation))}</p>", f"<table class='grid'>{''.join(rows)}</table>"]
     failures = [(r, f) for r in results for f in r.failures]
     body.append(f"<h2>Failures ({len(failures)})</h2>")
     if failures:
@@ -201,7 +239,7 @@ def html_page(results: list[TargetResult]) -> str:
     if problems:
         body.append("<h2>Unreadable results</h2><ul>" + "".join(f"<li><code>{esc(r.label)}</code>: {esc(p)}</li>" for r, p in problems) + "</ul>")
     reasons = _all_skip_reasons(results)
-    body.append(f"<h2>Skip reasons ({sum(reasons.values())} skipped tests)</h2>")
+    body.append(f"<h2>Skip reasons and known failures ({sum(reasons.values())} tests)</h2>")
     if reasons:
         body.append("<table><tr><th>tests</th><th>reason</th></tr>" + "".join(
             f"<tr><td>{count}</td><td>{esc(reason)}</td></tr>" for reason, count in reasons.most_common()) + "</table>")
@@ -213,15 +251,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     workspace = pathlib.Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."))
     parser.add_argument("--matrix", required=True, help="comma-separated target names, e.g. gloo_2,nccl_2")
-    parser.add_argument("--testlogs", type=pathlib.Path, default=workspace / "bazel-testlogs")
+    parser.add_argument("--events", type=pathlib.Path, default=workspace / testlogs.EVENTS_FILE,
+                        help="the build event JSON file of the invocation to report")
+    parser.add_argument("--testlogs", type=pathlib.Path, default=workspace / "bazel-testlogs",
+                        help="checked for results newer than the events, which the events would not describe")
     parser.add_argument("--out", type=pathlib.Path, default=workspace / "dist_tests_report")
     args = parser.parse_args(argv)
-    results = [read_target(args.testlogs, name) for name in args.matrix.split(",") if name]
-    print(terminal_table(results))
+    names = [name for name in args.matrix.split(",") if name]
+    try:
+        invocation: testlogs.Invocation | None = testlogs.read_events(args.events)
+    except testlogs.EventsError as error:
+        print(f"report: {error}", file=sys.stderr)
+        invocation = None
+    results = [read_target(invocation or testlogs.Invocation(args.events), name) for name in names]
+    print(terminal_table(results, invocation))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.md").write_text(markdown(results))
-    (args.out / "report.html").write_text(html_page(results))
+    (args.out / "report.md").write_text(markdown(results, invocation))
+    (args.out / "report.html").write_text(html_page(results, invocation))
     print(f"\nwrote {args.out / 'report.md'} and {args.out / 'report.html'}")
+    newer = testlogs.newer_results(invocation, args.testlogs / "dist_tests") if invocation and args.testlogs.is_dir() else []
+    if newer:
+        print(f"report: {len(newer)} test.xml file(s) under {args.testlogs} (the first: {newer[0]}) are newer than "
+              f"{args.events}: a later `bazel test` did not write its build events there (was it given another "
+              "--build_event_json_file, or run without this workspace's .bazelrc?). This report describes an "
+              "older invocation.", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,13 +1,15 @@
 """Checked-in lists of tests that fail for reasons outside this project.
 
-One file per backend, `dist_tests/known_failures/<backend>.txt`. Each line is
+One file per backend, `dist_tests/known_failures/<backend>.txt` (or the file that
+DIST_TESTS_KNOWN_FAILURES names, which must exist). Each line is
 
     test_name: reason
     test_name[3,4]: reason      (only at these world sizes)
 
 Blank lines and lines starting with '#' are ignored. A listed test still runs: when it
-fails it is reported as skipped with the reason; when it passes it fails loudly, so the
-list never outlives the bug.
+fails with an exception it is reported as a known failure with the reason (counted apart
+from skips); when it times out or a rank dies by a signal, it fails as usual; when it
+passes it fails loudly, so the list never outlives the bug.
 """
 
 import dataclasses
@@ -50,11 +52,16 @@ class KnownFailures:
         return cls(source=source, reasons=reasons)
 
     @classmethod
-    def load(cls, path: str, source: str, world_size: int) -> "KnownFailures":
+    def load(cls, path: str, source: str, world_size: int, required: bool = False) -> "KnownFailures":
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except FileNotFoundError:
+            if required:
+                raise KnownFailuresError(
+                    f"DIST_TESTS_KNOWN_FAILURES={source!r} does not exist. Name an existing list by its absolute path "
+                    "(under Bazel a relative path is read inside the test's runfiles), or unset it."
+                ) from None
             return cls(source=source, reasons={})
         except (OSError, UnicodeDecodeError) as error:
             raise KnownFailuresError(f"{source}: cannot read it: {error}") from None

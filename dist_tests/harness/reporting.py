@@ -6,7 +6,8 @@ This adds what the spawn suite needs on top:
 - each failure prints the one command that reruns that test alone;
 - a run in which no selected test ran, or every one was skipped, fails unless skipping
   was asked for (DIST_TESTS_ALLOW_SKIP=1);
-- a closing line with the counts.
+- a run in which a test did not start for lack of time fails, saying how many and what to raise;
+- a closing line with the counts, known failures and tests that did not run apart from skips.
 """
 
 import collections
@@ -17,7 +18,7 @@ from typing import Any
 
 from absl.testing import xml_reporter
 
-from dist_tests.harness.state import RUN
+from dist_tests.harness.state import KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, RUN, time_hint
 
 
 def _target() -> str:
@@ -56,20 +57,32 @@ class _Result(xml_reporter._TextAndXMLTestResult):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._failed_names: list[str] = []
+        self._not_run: list[str] = []  # did not start for lack of time
+        self._summaries = 0  # errors that stand for the run as a whole
+        self._known = 0
 
-    def _note_failure(self, test: Any) -> None:
+    def _note_failure(self, test: Any, err: Any) -> None:
         name = getattr(test, "_testMethodName", None)
-        if name and not isinstance(test, _RunSummary):
+        if isinstance(test, _RunSummary):
+            self._summaries += 1
+        elif str(err[1]).startswith(NOT_RUN_PREFIX):
+            self._not_run.append(name)
+        elif name:
             self._failed_names.append(name)
             self.stream.writeln(f"\nReproduce alone: {repro_command(name)}")
 
+    def addSkip(self, test: Any, reason: str) -> None:
+        super().addSkip(test, reason)
+        if reason.startswith(KNOWN_FAILURE_PREFIX):
+            self._known += 1
+
     def addFailure(self, test: Any, err: Any) -> None:
         super().addFailure(test, err)
-        self._note_failure(test)
+        self._note_failure(test, err)
 
     def addError(self, test: Any, err: Any) -> None:
         super().addError(test, err)
-        self._note_failure(test)
+        self._note_failure(test, err)
 
     def _fail_run(self, name: str, message: str) -> None:
         summary = _RunSummary(name)
@@ -90,23 +103,34 @@ class _Result(xml_reporter._TextAndXMLTestResult):
                 "Give a test name (test_all_reduce_sum), Class.name, or a pattern (*all_reduce*).",
             )
         elif self.testsRun > 0 and skipped == self.testsRun and not (RUN.settings and RUN.settings.allow_skip):
+            known = f" ({self._known} of them known failures)" if self._known else ""
             self._fail_run(
                 "every_test_skipped",
-                f"every one of the {skipped} tests that ran was skipped, so this run tested nothing. "
+                f"every one of the {skipped} tests that ran was skipped{known}, so this run tested nothing. "
                 "Pass --test_env=DIST_TESTS_ALLOW_SKIP=1 if that is expected.",
             )
+        if self._not_run:
+            self._fail_run(
+                "tests_did_not_run",
+                f"{len(self._not_run)} test(s) did not run: this shard's Bazel timeout ran out before they could "
+                f"start (the first: {self._not_run[0]}). To run them, {time_hint()}.",
+            )
         super().stopTestRun()
-        reasons = collections.Counter(reason for _, reason in self.skipped)
-        failed = len(self.failures) + len(self.errors)
-        passed = self.testsRun - failed - skipped
+        reasons = collections.Counter(reason for _, reason in self.skipped if not reason.startswith(KNOWN_FAILURE_PREFIX))
+        known = collections.Counter(reason for _, reason in self.skipped if reason.startswith(KNOWN_FAILURE_PREFIX))
+        failed = len(self.failures) + len(self.errors) - self._summaries - len(self._not_run)
+        passed = self.testsRun - len(self.failures) - len(self.errors) - len(self.skipped)
         self.stream.writeln("")
         for reason, count in reasons.most_common():
             self.stream.writeln(f"  skipped {count:4d}: {reason}")
+        for reason, count in known.most_common():
+            self.stream.writeln(f"  {count:4d} {reason}")
         if self._failed_names:
             self.stream.writeln("To rerun a failed test alone:")
             for name in self._failed_names:
                 self.stream.writeln(f"  {repro_command(name)}")
-        self.stream.writeln(f"{_target()}: {passed} passed, {failed} failed, {skipped} skipped")
+        self.stream.writeln(f"{_target()}: {passed} passed, {failed} failed, {len(self.skipped) - self._known} skipped, "
+                            f"{self._known} known failures, {len(self._not_run)} did not run")
 
 
 class SpawnTestRunner(xml_reporter.TextAndXMLTestRunner):

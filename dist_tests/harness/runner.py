@@ -5,13 +5,13 @@ visibility); `main()` runs the tests. In rank processes and the forkserver, whic
 the entry point, `configure()` does nothing: the parent already did it.
 """
 
-import fnmatch
 import os
 import shlex
 import sys
 import tempfile
 from typing import NoReturn
 
+from dist_tests.harness import selection
 from dist_tests.harness import settings as settings_lib
 
 _CONFIGURED = "DIST_TESTS_CONFIGURED"
@@ -59,20 +59,22 @@ def configure() -> None:
 
 
 def _leave_idle_filtered_shard() -> None:
-    """Ends shards 2..N of a filtered run at once, before torch loads: the selection runs in shard 1.
+    """Ends shards 2..N of a small filtered run at once, before torch loads: it runs in shard 1.
 
-    See _run_filtered_selection_in_first_shard(); this is its cheap half.
+    See selection.runs_in_first_shard(); main() makes the same decision in shard 1.
     """
-    if not os.environ.get("TESTBRIDGE_TEST_ONLY") or int(os.environ.get("TEST_SHARD_INDEX", "0")) == 0:
+    if int(os.environ.get("TEST_SHARD_INDEX", "0")) == 0:
         return
-    total = os.environ.get("TEST_TOTAL_SHARDS", "1")
+    total = int(os.environ.get("TEST_TOTAL_SHARDS", "1"))
+    if not selection.runs_in_first_shard(selection.filter_text(os.environ, sys.argv), total):
+        return
     for variable in ("TEST_SHARD_STATUS_FILE", "XML_OUTPUT_FILE"):
         if os.environ.get(variable):
             with open(os.environ[variable], "w") as f:
                 f.write('<?xml version="1.0"?>\n<testsuites tests="0" failures="0" errors="0" time="0"></testsuites>\n'
                         if variable == "XML_OUTPUT_FILE" else "")
     index = int(os.environ["TEST_SHARD_INDEX"])
-    print(f"dist_tests: shard {index + 1} of {total} has nothing to run: a filtered selection runs in shard 1")
+    print(f"dist_tests: shard {index + 1} of {total} has nothing to run: a small filtered selection runs in shard 1")
     sys.exit(0)
 
 
@@ -92,38 +94,6 @@ def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | No
 
 def _test_names(test_class: type) -> set[str]:
     return {name for name in dir(test_class) if name.startswith("test") and callable(getattr(test_class, name))}
-
-
-def _exact_filters(test_filter: str, test_class: type) -> tuple[str, int]:
-    """Makes `--test_filter=test_x` (or Class.test_x) select that test only, not test_x_async too.
-
-    Returns the rewritten filter and how many tests it selects. Other words are unittest
-    `-k` patterns: a substring, or a glob when they contain '*'.
-    """
-    names = _test_names(test_class)
-    class_name = test_class.__qualname__
-    full = {name: f"{test_class.__module__}.{class_name}.{name}" for name in names}
-    patterns = []
-    for word in shlex.split(test_filter):
-        short = word[len(class_name) + 1:] if word.startswith(class_name + ".") else word
-        patterns.append(f"*.{class_name}.{short}" if short in names else word)
-    globs = [p if "*" in p else f"*{p}*" for p in patterns]
-    selected = sum(1 for name in full.values() if any(fnmatch.fnmatchcase(name, g) for g in globs))
-    return " ".join(shlex.quote(p) for p in patterns), selected
-
-
-def _take_k_options(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Splits unittest-style `-k NAME` options off argv; absl's flag parser rejects them."""
-    rest, words = [], []
-    args = iter(argv)
-    for arg in args:
-        if arg == "-k":
-            words.append(next(args, ""))
-        elif arg.startswith("-k"):
-            words.append(arg[2:].lstrip("="))
-        else:
-            rest.append(arg)
-    return rest, [w for w in words if w]
 
 
 def main(test_class: type) -> None:
@@ -150,10 +120,12 @@ def main(test_class: type) -> None:
         os.environ["TEMP_DIR"] = settings_lib.make_temp_dir(os.path.join(settings.work_dir, "legacy"), barrier_is_folder=False)
 
     # DIST_TESTS_KNOWN_FAILURES points at another list, for a backend's own CI.
-    path = os.environ.get("DIST_TESTS_KNOWN_FAILURES") or os.path.join(_KNOWN_FAILURES_DIR, f"{settings.backend}.txt")
-    source = os.environ.get("DIST_TESTS_KNOWN_FAILURES") or f"dist_tests/known_failures/{settings.backend}.txt"
+    named = os.environ.get("DIST_TESTS_KNOWN_FAILURES")
+    path = named or os.path.join(_KNOWN_FAILURES_DIR, f"{settings.backend}.txt")
+    source = named or f"dist_tests/known_failures/{settings.backend}.txt"
     try:
-        RUN.known = KnownFailures.load(path, source, settings.world_size)
+        # A list named explicitly must exist; a backend may have no list of its own.
+        RUN.known = KnownFailures.load(path, source, settings.world_size, required=bool(named))
     except KnownFailuresError as error:
         die(str(error))
     unknown = RUN.known.unknown_names(_test_names(test_class))
@@ -171,24 +143,25 @@ def main(test_class: type) -> None:
     torch_timeout = common_distributed.get_timeout
     common_distributed.get_timeout = lambda test_id: test_timeout_s(test_id, torch_timeout(test_id))
 
-    sys.argv, by_hand = _take_k_options(sys.argv)
-    test_filter = " ".join([os.environ.get("TESTBRIDGE_TEST_ONLY", "")] + [shlex.quote(w) for w in by_hand]).strip()
+    test_filter = selection.filter_text(os.environ, sys.argv)
+    sys.argv = sys.argv[:1] + selection.take_k_options(sys.argv[1:])[0]
     if test_filter:
-        rewritten, RUN.selected_total = _exact_filters(test_filter, test_class)
+        names, class_name = _test_names(test_class), test_class.__qualname__
+        patterns = selection.exact_patterns(test_filter, names, class_name)
+        RUN.selected_total = selection.count_selected(patterns, names, test_class.__module__, class_name)
         RUN.filter_text = test_filter
-        os.environ["TESTBRIDGE_TEST_ONLY"] = rewritten
-        _run_filtered_selection_in_first_shard()
+        os.environ["TESTBRIDGE_TEST_ONLY"] = " ".join(shlex.quote(p) for p in patterns)
+        if selection.runs_in_first_shard(test_filter, int(os.environ.get("TEST_TOTAL_SHARDS", "1"))):
+            _run_filtered_selection_in_first_shard()
     absltest.main(testRunner=reporting.SpawnTestRunner)
 
 
 def _run_filtered_selection_in_first_shard() -> None:
-    """A --test_filter selection runs whole in shard 1; configure() already ended shards 2..N.
+    """A small filtered selection runs whole in shard 1; configure() already ended shards 2..N.
 
-    A filter selects a few tests. Kept together, one shard sees all of them, so a selection
-    whose every test is skipped fails instead of passing shard by shard.
+    Kept together, one shard sees all of it, so a selection whose every test is skipped
+    fails instead of passing shard by shard.
     """
-    if int(os.environ.get("TEST_TOTAL_SHARDS", "1")) <= 1:
-        return
     status_file = os.environ.get("TEST_SHARD_STATUS_FILE")
     if status_file:  # tells Bazel this runner understood sharding
         open(status_file, "a").close()

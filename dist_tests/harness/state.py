@@ -19,3 +19,15 @@ class Run:
 
 
 RUN = Run()
+
+# Message prefixes of tests that did not pass and did not plainly skip; the build event
+# reader (tools/testlogs.py) counts them apart by the same words.
+KNOWN_FAILURE_PREFIX = "known failure"
+NOT_RUN_PREFIX = "did not run"
+
+
+def time_hint() -> str:
+    """What to raise when a shard's Bazel timeout is too short for its tests."""
+    target = RUN.settings.target if RUN.settings else "this target"
+    return (f"raise shard_count or timeout for {target} in DIST_TEST_MATRIX (tools/dist_tests.bzl), "
+            "or pass --test_timeout=SECONDS")

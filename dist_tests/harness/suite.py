@@ -17,7 +17,7 @@ from torch.testing._internal import common_distributed
 from torch.testing._internal.common_distributed import MultiProcessTestCase
 
 from dist_tests.harness import ranks
-from dist_tests.harness.state import RUN
+from dist_tests.harness.state import KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, RUN, time_hint
 
 _LOG_TAIL_LINES = 40
 _FORKSERVER_PRELOAD = [
@@ -37,22 +37,58 @@ def remaining_budget_s() -> float | None:
     return settings.deadline_s - (time.monotonic() - RUN.started)
 
 
+def _end_margin_s(deadline_s: float) -> float:
+    """Room kept before Bazel's deadline for collecting stacks, stopping ranks and writing the XML."""
+    return max(10.0, 0.05 * deadline_s)
+
+
+# torch's own timeout of the tests whose timeout test_timeout_s cut, by test id.
+_TORCH_TIMEOUT_WHEN_CUT: dict[str, float] = {}
+
+
 def test_timeout_s(test_id: str, torch_timeout: int) -> float:
     """The seconds one test may take before its ranks are stopped and it fails.
 
     DIST_TESTS_PER_TEST_TIMEOUT, when set, is used as given. Otherwise torch's own timeout,
     cut so that a hung test fails on its own, with its ranks' stacks, before Bazel's
-    TEST_TIMEOUT kills the whole shard.
+    TEST_TIMEOUT kills the whole shard. A cut is remembered: the test's failure says so.
     """
+    _TORCH_TIMEOUT_WHEN_CUT.pop(test_id, None)
     settings = RUN.settings
     if settings and settings.per_test_timeout_s:
         return float(settings.per_test_timeout_s)
     timeout = float(torch_timeout)
     left = remaining_budget_s()
     if left is not None and settings and settings.deadline_s:
-        # Keep room for collecting stacks, stopping ranks and writing the XML.
-        timeout = min(timeout, left - max(10.0, 0.05 * settings.deadline_s))
+        fits = left - _end_margin_s(settings.deadline_s)
+        if fits < timeout:
+            _TORCH_TIMEOUT_WHEN_CUT[test_id] = timeout
+            timeout = fits
     return max(timeout, 1.0)
+
+
+def timeout_cut_note(test_id: str) -> str:
+    torch_s = _TORCH_TIMEOUT_WHEN_CUT.get(test_id)
+    if torch_s is None:
+        return ""
+    return (f" [torch allows this test {torch_s:.0f} s; its timeout was cut to what was left of this shard's "
+            f"Bazel timeout: {time_hint()}]")
+
+
+def time_too_short_message() -> str | None:
+    """Why the next test cannot start: too little of the shard's Bazel timeout is left; None if it can."""
+    settings = RUN.settings
+    left = remaining_budget_s()
+    if left is None or settings is None or settings.deadline_s is None:
+        return None
+    if left - _end_margin_s(settings.deadline_s) >= max(5.0, 0.05 * settings.deadline_s):
+        return None
+    return (f"{NOT_RUN_PREFIX}: only {max(left, 0):.0f} s of this shard's Bazel timeout "
+            f"({settings.deadline_s:.0f} s) were left; {time_hint()}")
+
+
+class NotRunForTime(RuntimeError):
+    """A test that did not start for lack of time: an error, so the shard fails."""
 
 
 def _tail(path: str) -> str:
@@ -70,14 +106,16 @@ class SpawnHarness:
     processes: list
     pid_to_pipe: dict
     _dist_cause: str | None = None
+    _dist_abnormal: bool = False
 
     def setUp(self) -> None:
         if RUN.skip_all_reason:
             raise unittest.SkipTest(RUN.skip_all_reason)
-        left = remaining_budget_s()
-        if left is not None and RUN.settings and left < max(5.0, 0.1 * RUN.settings.deadline_s):
-            raise unittest.SkipTest(f"not run: only {left:.0f} s of this shard's Bazel timeout was left")
+        too_short = time_too_short_message()
+        if too_short:
+            raise NotRunForTime(too_short)
         self._dist_cause = None
+        self._dist_abnormal = False  # a timeout or a rank killed by a signal
         super().setUp()  # type: ignore[misc]
 
     def _log_dir(self) -> str:
@@ -140,18 +178,24 @@ class SpawnHarness:
         try:
             while True:
                 codes = [p.exitcode for p in self.processes]
+                killed = [(r, c) for r, c in enumerate(codes) if c is not None and c < 0]
                 if all(code is not None for code in codes):
+                    if killed:  # every rank ended before the loop looked: name the signals all the same
+                        self._dist_abnormal = True
+                        self._dist_cause = "; ".join(f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in killed)
                     break
                 errored = [r for r, c in enumerate(codes) if c == MultiProcessTestCase.TEST_ERROR_EXIT_CODE]
-                killed = [(r, c) for r, c in enumerate(codes) if c is not None and c < 0]
                 if errored or killed:
                     causes = [f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in killed]
                     causes += [f"rank {r} raised an exception" for r in errored]
+                    self._dist_abnormal = bool(killed)
                     self._end_with("; ".join(causes))
                     break
                 if time.monotonic() - start > timeout:
+                    self._dist_abnormal = True
                     self._end_with(f"timed out after {timeout:.0f} s (ranks still running: "
-                                   f"{', '.join(str(r) for r, c in enumerate(codes) if c is None)})")
+                                   f"{', '.join(str(r) for r, c in enumerate(codes) if c is None)})"
+                                   f"{timeout_cut_note(self.id())}")  # type: ignore[attr-defined]
                     break
                 time.sleep(_POLL_S)
             self._check_return_codes(fn, time.monotonic() - start)
@@ -178,10 +222,14 @@ class SpawnHarness:
         except unittest.SkipTest:
             raise
         except Exception as error:
-            if reason is not None:
-                raise unittest.SkipTest(f"known failure ({RUN.known.source}): {reason}") from None
+            # Excused only as listed: an exception, not a timeout or a rank dead by a signal.
+            if reason is not None and not self._dist_abnormal:
+                raise unittest.SkipTest(f"{KNOWN_FAILURE_PREFIX} ({RUN.known.source}): {reason}") from None
             # The cause the join loop saw (a signal, a timeout) first, then torch's message.
             details = [self._dist_cause or ""]
+            if reason is not None:
+                details.append(f"(listed in {RUN.known.source} as a known failure, '{reason}', "
+                               "but it failed differently: by a timeout or a signal, not an exception)")
             if str(error) != self._dist_cause:
                 details.append(str(error))
             details.append(self._rank_logs_report())

@@ -1,0 +1,238 @@
+"""The results of the latest `bazel test`, read from its build event file.
+
+`.bazelrc` makes every `bazel test` in this workspace write Bazel's build event protocol (BEP)
+as JSON to `bazel-test-events.json` in the workspace root, replacing the previous one. That
+file says which targets the invocation tested, each target's overall status (FLAKY
+included), and which test.xml and test.log each run, shard and attempt wrote. Results are
+read only from the files it names, so folders that earlier invocations left under
+bazel-testlogs are never counted.
+
+Used by tools/report.py, tools/benchmark and the project's tests; standard library only.
+"""
+
+import dataclasses
+import json
+import pathlib
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+
+# Relative to the workspace root (Bazel resolves the relative path in .bazelrc against it).
+EVENTS_FILE = "bazel-test-events.json"
+
+# Message prefixes the harness writes into test.xml (dist_tests/harness/reporting.py).
+KNOWN_FAILURE_PREFIX = "known failure"
+NOT_RUN_PREFIX = "did not run"
+
+NOT_IN_INVOCATION = "not in the last invocation"
+
+
+class EventsError(Exception):
+    """The build event file is missing or unreadable; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    outcome: str  # passed, failed, skipped, known failure, not run
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One test action: a run, shard and attempt of a target, with the files it wrote."""
+
+    run: int
+    shard: int
+    attempt: int
+    status: str  # PASSED, FAILED, TIMEOUT, ...
+    seconds: float
+    cached: bool
+    files: dict  # name in the event (test.xml, test.log, ...) -> local path
+
+    @property
+    def xml(self) -> pathlib.Path | None:
+        return self.files.get("test.xml")
+
+    @property
+    def log(self) -> pathlib.Path | None:
+        return self.files.get("test.log")
+
+    @property
+    def outputs_zip(self) -> pathlib.Path | None:
+        """The undeclared outputs, in the folder the event names for this attempt."""
+        anchor = self.log or self.xml
+        return anchor.parent / "test.outputs" / "outputs.zip" if anchor else None
+
+    def cases(self) -> list[Case]:
+        if self.xml is None:
+            raise EventsError(f"run {self.run}, shard {self.shard}: the build events name no test.xml")
+        return read_cases(self.xml)
+
+
+@dataclasses.dataclass
+class TargetResults:
+    label: str
+    status: str  # Bazel's overall status (PASSED, FLAKY, FAILED, TIMEOUT, ...), or NOT_IN_INVOCATION
+    runs: int = 0
+    shards: int = 0
+    attempts: list[Attempt] = dataclasses.field(default_factory=list)
+
+    @property
+    def in_invocation(self) -> bool:
+        return self.status != NOT_IN_INVOCATION
+
+    def final_attempts(self) -> list[Attempt]:
+        """The last attempt of each run and shard, ordered by run then shard."""
+        last: dict[tuple[int, int], Attempt] = {}
+        for attempt in self.attempts:
+            key = (attempt.run, attempt.shard)
+            if key not in last or attempt.attempt > last[key].attempt:
+                last[key] = attempt
+        return [last[key] for key in sorted(last)]
+
+    def run_outcomes(self) -> list[str]:
+        """One word per run: passed, flaky (passed on a retry), timed out or failed."""
+        outcomes = []
+        for run in sorted({a.run for a in self.attempts}):
+            mine = [a for a in self.attempts if a.run == run]
+            final = [a for a in self.final_attempts() if a.run == run]
+            if all(a.status == "PASSED" for a in final):
+                outcomes.append("flaky" if len(mine) > len(final) else "passed")
+            elif any(a.status == "TIMEOUT" for a in final):
+                outcomes.append("timed out")
+            else:
+                outcomes.append("failed")
+        return outcomes
+
+    def runs_text(self) -> str:
+        """For example '1 run: passed' or '3 runs: 2 passed, 1 failed'."""
+        outcomes = self.run_outcomes()
+        if not outcomes:
+            return "no runs"
+        if len(outcomes) == 1:
+            return f"1 run: {outcomes[0]}"
+        counts = {o: outcomes.count(o) for o in dict.fromkeys(outcomes)}
+        return f"{len(outcomes)} runs: " + ", ".join(f"{n} {o}" for o, n in counts.items())
+
+    def cases(self) -> list[Case]:
+        """Every testcase of the final attempts (of every run: three runs of one test give three)."""
+        return [case for attempt in self.final_attempts() for case in attempt.cases()]
+
+
+@dataclasses.dataclass
+class Invocation:
+    path: pathlib.Path
+    started_ms: int = 0
+    finished: bool = False
+    exit_code: str = ""
+    patterns: list[str] = dataclasses.field(default_factory=list)  # the targets as given
+    options: list[str] = dataclasses.field(default_factory=list)  # the options given on the command line
+    targets: dict[str, TargetResults] = dataclasses.field(default_factory=dict)
+
+    @property
+    def command(self) -> str:
+        """For example 'bazel test //dist_tests:gloo_2 --test_filter=test_all_reduce_sum'."""
+        return " ".join(["bazel test", *self.patterns, *self.options])
+
+    def target(self, label: str) -> TargetResults:
+        return self.targets.get(label) or TargetResults(label, NOT_IN_INVOCATION)
+
+
+def _local_path(uri: str) -> pathlib.Path | None:
+    if not uri.startswith("file://"):
+        return None  # for example bytestream:// under remote execution without downloads
+    return pathlib.Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+
+
+def read_events(path: pathlib.Path) -> Invocation:
+    """Reads one build event JSON file (one event per line)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise EventsError(
+            f"{path} does not exist: no `bazel test` has run in this workspace with its .bazelrc "
+            "(which writes it), or the last one was given another --build_event_json_file."
+        ) from None
+    invocation = Invocation(path)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise EventsError(f"{path}:{number}: not a build event ({error})") from None
+        _apply(invocation, event)
+    return invocation
+
+
+def _apply(invocation: Invocation, event: dict) -> None:
+    kind, key = next(iter(event["id"].items()))
+    if kind == "started":
+        started = event.get("started", {})
+        invocation.started_ms = int(started.get("startTimeMillis", 0))
+    elif kind == "optionsParsed":
+        invocation.options = list(event.get("optionsParsed", {}).get("explicitCmdLine", []))
+    elif kind == "pattern":
+        invocation.patterns += key.get("pattern", [])
+    elif kind == "testResult":
+        result = event.get("testResult", {})
+        files = {}
+        for output in result.get("testActionOutput", []):
+            local = _local_path(output.get("uri", ""))
+            if local is not None:
+                files[output["name"]] = local
+        target = invocation.targets.setdefault(key["label"], TargetResults(key["label"], "NO_STATUS"))
+        target.attempts.append(Attempt(
+            run=int(key.get("run", 1)), shard=int(key.get("shard", 1)), attempt=int(key.get("attempt", 1)),
+            status=result.get("status", "NO_STATUS"), seconds=int(result.get("testAttemptDurationMillis", 0)) / 1000,
+            cached=bool(result.get("cachedLocally") or result.get("executionInfo", {}).get("cachedRemotely")),
+            files=files,
+        ))
+    elif kind == "testSummary":
+        summary = event.get("testSummary", {})
+        target = invocation.targets.setdefault(key["label"], TargetResults(key["label"], "NO_STATUS"))
+        target.status = summary.get("overallStatus", "NO_STATUS")
+        target.runs = int(summary.get("runCount", 1))
+        target.shards = int(summary.get("shardCount", 1))
+    elif kind == "targetCompleted" and not event.get("completed", {}).get("success", False):
+        label = key["label"]
+        if label not in invocation.targets:
+            invocation.targets[label] = TargetResults(label, "FAILED_TO_BUILD")
+    elif kind == "buildFinished":
+        invocation.finished = True
+        invocation.exit_code = event.get("finished", {}).get("exitCode", {}).get("name", "")
+
+
+def latest(workspace: pathlib.Path) -> Invocation:
+    """The latest `bazel test` of the workspace."""
+    return read_events(workspace / EVENTS_FILE)
+
+
+def newer_results(invocation: Invocation, testlogs_dir: pathlib.Path) -> list[pathlib.Path]:
+    """test.xml files under a bazel-testlogs folder written after the build event file.
+
+    Any such file comes from a later `bazel test` that did not write the event file, so the
+    event file no longer describes the latest invocation.
+    """
+    written = invocation.path.stat().st_mtime
+    return sorted(p for p in testlogs_dir.rglob("test.xml") if p.stat().st_mtime > written + 1)
+
+
+def read_cases(xml_path: pathlib.Path) -> list[Case]:
+    """The testcases of one JUnit XML file; raises ET.ParseError or OSError if unreadable."""
+    cases = []
+    for case in ET.parse(xml_path).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for child in case:
+            text = child.get("message", "") or (child.text or "")
+            if child.tag in ("failure", "error"):
+                outcome = "not run" if text.startswith(NOT_RUN_PREFIX) else "failed"
+                message = text
+            elif child.tag == "skipped" and outcome == "passed":
+                outcome = "known failure" if text.startswith(KNOWN_FAILURE_PREFIX) else "skipped"
+                message = text
+        if outcome == "passed" and case.get("status") == "notrun":
+            outcome = "skipped"
+        cases.append(Case(case.get("name", "?"), outcome, message))
+    return cases
