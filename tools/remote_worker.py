@@ -226,12 +226,15 @@ class Worker:
             with download(self.channel, instance=self.args.instance) as downloader:
                 cache = InputCache(pathlib.Path(self.args.cache), downloader)
                 command = downloader.get_message(action.command_digest, re_pb2.Command())
+                env = {v.name: v.value for v in command.environment_variables}
+                LOG.info("action %s started pool=%s worker=%s target=%s shard=%s platform=%s", digest,
+                         self.args.pool, self.args.name, env.get("TEST_TARGET", "-"), env.get("TEST_SHARD_INDEX", "-"),
+                         ",".join(f"{p.name}={p.value}" for p in (action.platform.properties or command.platform.properties)))
                 meta.input_fetch_start_timestamp.GetCurrentTime()
                 started = time.monotonic()
                 files, fetched = cache.materialize(action.input_root_digest, work / "root")
                 fetch_s = time.monotonic() - started
                 meta.input_fetch_completed_timestamp.GetCurrentTime()
-            env = {v.name: v.value for v in command.environment_variables}
             cwd = work / "root" / command.working_directory
             outputs = list(command.output_paths) or [*command.output_files, *command.output_directories]
             for out in outputs:
@@ -249,7 +252,7 @@ class Worker:
             meta.output_upload_completed_timestamp.GetCurrentTime()
             meta.worker_completed_timestamp.GetCurrentTime()
             result.execution_metadata.CopyFrom(meta)
-            LOG.info("action %s pool=%s worker=%s target=%s shard=%s exit=%s%s inputs=%d fetched=%d "
+            LOG.info("action %s done pool=%s worker=%s target=%s shard=%s exit=%s%s inputs=%d fetched=%d "
                      "fetch_s=%.2f exec_s=%.2f upload_s=%.2f", digest, self.args.pool, self.args.name,
                      env.get("TEST_TARGET", "-"), env.get("TEST_SHARD_INDEX", "-"), exit_code,
                      " timed_out" if timed_out else "", files, fetched, fetch_s, exec_s, upload_s)
@@ -310,7 +313,9 @@ def main() -> int:
     parser.add_argument("--ready", help="file written once registered with the server")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(levelname)s %(message)s")
-    pathlib.Path(args.work).mkdir(parents=True, exist_ok=True)
+    # Folders of actions a killed predecessor left behind.
+    shutil.rmtree(args.work, ignore_errors=True)
+    pathlib.Path(args.work).mkdir(parents=True)
     if args.pool == "gpu" and not (pathlib.Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi")):
         LOG.warning("this host has no GPU: Pool=gpu actions are accepted (for routing) "
                     "but find no GPU; their GPU tests fail or skip")
