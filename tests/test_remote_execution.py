@@ -24,6 +24,9 @@ from test_remote_cache import copy_workspace
 TOOL = str(ROOT / "tools" / "remote_execution")
 GLOO, NCCL = "//dist_tests:gloo_2", "//dist_tests:nccl_2"
 FILTER = "--test_filter=test_all_reduce_sum test_broadcast test_barrier"
+# Some 30 tests: the shard runs well past 10 s, when Bazel's test-setup.sh first checks that its
+# own pid is alive (in the worker's PID namespace, it must find its own /proc).
+LONG_FILTER = "--test_filter=*all_reduce*"
 # Every test writes a timing file to Bazel's undeclared outputs; all-skipped GPU shards pass.
 ENV = ("--test_env=DIST_TESTS_TIMING=1", "--test_env=DIST_TESTS_ALLOW_SKIP=1")
 QUEUE_TIMEOUT_S = 20
@@ -113,12 +116,12 @@ def case_outcomes(target: str) -> list[tuple[str, str]]:
 
 
 def test_filtered_suite_runs_on_the_cpu_pool_gpu_target_on_the_gpu_pool_with_local_outcomes(cluster):
-    local = bazel("test", GLOO, FILTER, *ENV, "--nocache_test_results")
+    local = bazel("test", GLOO, LONG_FILTER, *ENV, "--nocache_test_results")
     assert local.returncode == 0, local.output
     local_outcomes = case_outcomes(GLOO)
-    assert len(local_outcomes) == 3
+    assert len(local_outcomes) > 10
 
-    run = bazel("test", GLOO, NCCL, FILTER, *ENV, "--nocache_test_results", "--jobs=2", *cluster.flags)
+    run = bazel("test", GLOO, NCCL, LONG_FILTER, *ENV, "--nocache_test_results", "--jobs=2", *cluster.flags)
     assert run.returncode == 0, run.output
     print(f"remote run: {processes_line(run.output)}")
     assert re.search(r"\b6 remote\b", processes_line(run.output)), processes_line(run.output)
@@ -127,8 +130,9 @@ def test_filtered_suite_runs_on_the_cpu_pool_gpu_target_on_the_gpu_pool_with_loc
     # Undeclared outputs came back: the timing file of every test that ran.
     outputs = [name for z in logs_dir(GLOO).glob("shard_*/test.outputs/outputs.zip")
                for name in zipfile.ZipFile(z).namelist()]
-    for test in ("test_all_reduce_sum", "test_broadcast", "test_barrier"):
-        assert f"timing/{test}.rank0" in outputs, outputs
+    for test, outcome in local_outcomes:
+        if outcome == "passed":
+            assert f"timing/{test}.rank0" in outputs, outputs
 
     done = cluster.actions()
     for action in done:

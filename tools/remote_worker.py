@@ -15,9 +15,9 @@ fetching inputs, executing and uploading.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -38,19 +38,16 @@ from buildgrid.server.client.cas import download, upload
 
 LOG = logging.getLogger("worker")
 POLL_S = 10  # long-poll deadline while idle; the server answers at ~80% of it
-HEARTBEAT_S = 5  # deadline of each UpdateBotSession while an action runs
+HEARTBEAT_EVERY_S = 3  # while an action runs (the server's keepalive timeout is 20 s)
+HEARTBEAT_S = 2  # deadline of each such UpdateBotSession: short, as it delays noticing the end
 BATCH_BYTES = 2 << 20  # blobs fetched together in one BatchReadBlobs
-PR_SET_PDEATHSIG = 1
 # The REAPI platform lexicon's values for this host.
 PLATFORM = {"OSFamily": "linux", "ISA": "x86-64"}
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+# Forking this process (grpc's threads) to run Python code in the child is unsafe: setpriv sets
+# the action's parent-death signal instead of a preexec function.
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 IP = shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin") or "/usr/sbin/ip"
-
-
-def die_with_parent() -> None:
-    """In the child: SIGKILL it when this worker dies, so no action outlives its worker."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setsid()
 
 
 class InputCache:
@@ -100,9 +97,15 @@ class InputCache:
     def ensure(self, wanted: list[tuple[re_pb2.Digest, bool]]) -> int:
         """Fetches the blobs that are not cached yet; returns how many were fetched."""
         missing = [(d, x) for d, x in wanted if not self.path(d, x).exists()]
-        found = self.fetch([d for d, _ in missing])
-        for digest, executable in missing:
-            self._store(digest, found[digest.hash], executable)
+        if not missing:
+            return 0
+        # One fetch per host: a worker that starts cold next to another waits for its blobs.
+        with open(self.root / ".fetching", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            missing = [(d, x) for d, x in missing if not self.path(d, x).exists()]
+            found = self.fetch([d for d, _ in missing])
+            for digest, executable in missing:
+                self._store(digest, found[digest.hash], executable)
         return len(missing)
 
     def directory(self, digest: re_pb2.Digest) -> re_pb2.Directory:
@@ -145,6 +148,7 @@ class Worker:
         self.bots = bots_pb2_grpc.BotsStub(self.channel)
         self.stopping = threading.Event()
         self.current: subprocess.Popen | None = None
+        self.finished: set[str] = set()  # lease ids done here, never run twice
 
     def properties(self) -> dict[str, str]:
         return {**PLATFORM, "Pool": self.args.pool}
@@ -162,11 +166,12 @@ class Worker:
         if self.args.ready:
             pathlib.Path(self.args.ready).write_text(session.name + "\n")
         while not self.stopping.is_set():
-            session = self.update(session, POLL_S)
-            for lease in session.leases:
-                if lease.state in (bots_pb2.PENDING, bots_pb2.ACTIVE):
-                    session = self.work(session, lease)
-                    break
+            lease = next((x for x in session.leases if x.state in (bots_pb2.PENDING, bots_pb2.ACTIVE)
+                          and x.id not in self.finished), None)
+            if lease is None:
+                session = self.update(session, POLL_S)
+            else:
+                session = self.work(session, lease)
 
     def call(self, rpc):
         """Retries an RPC while the server is unreachable (it may restart), until asked to stop."""
@@ -192,15 +197,16 @@ class Worker:
         outcome: dict = {}
         thread = threading.Thread(target=lambda: (outcome.update(self.execute(lease)), done.set()), daemon=True)
         thread.start()
-        while not done.wait(0):  # heartbeats: each update tells the server this bot is alive
+        while not done.wait(HEARTBEAT_EVERY_S):  # each update tells the server this bot is alive
             session = self.update(session, HEARTBEAT_S)
             mine = [x for x in session.leases if x.id == lease.id]
             if not mine or mine[0].state == bots_pb2.CANCELLED:
                 LOG.info("lease %s cancelled by the server", lease.id)
                 self.kill_current()
                 thread.join()
+                self.finished.add(lease.id)
                 return session
-            done.wait(1)
+        self.finished.add(lease.id)
         for x in session.leases:
             if x.id == lease.id:
                 x.state = bots_pb2.COMPLETED
@@ -270,13 +276,15 @@ class Worker:
 
     def run(self, command: re_pb2.Command, env: dict, cwd: pathlib.Path, work: pathlib.Path,
             timeout: int | None) -> tuple[int, bool]:
-        """Runs the command in fresh network and PID namespaces; stdout and stderr go to files
-        (helpers of Bazel's test-setup.sh may keep pipes open)."""
-        wrapper = [UNSHARE, "--net", "--pid", "--fork", "--kill-child", "--",
+        """Runs the command in fresh network and PID namespaces, with a /proc of its own (Bazel's
+        test-setup.sh watches its own pid there: pid 1); stdout and stderr go to files (helpers of
+        test-setup.sh may keep pipes open)."""
+        wrapper = [SETPRIV, "--pdeathsig", "KILL", "--",  # no action outlives this worker
+                   UNSHARE, "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--",
                    "/bin/sh", "-c", f'{IP} link set lo up && exec "$@"', "sh", *command.arguments]
         with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
             self.current = subprocess.Popen(wrapper, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=err, preexec_fn=die_with_parent)
+                                            stderr=err, start_new_session=True)
             try:
                 return self.current.wait(timeout=timeout), False
             except subprocess.TimeoutExpired:
