@@ -1,0 +1,43 @@
+"""BuildGrid's server, as `bgd server start CONFIG.yml` runs it, with one change for its users:
+a job that waited too long for a worker fails with a message naming the platform (the Pool)
+that no worker served, instead of BuildGrid's "Operation has been queued for too long" alone.
+
+Started by tools/remote_execution with the tool environment's interpreter.
+"""
+
+import collections
+import sys
+
+from buildgrid.server.app import cli
+from buildgrid.server.scheduler import impl
+from buildgrid.server.sql.models import JobEntry
+from sqlalchemy import select
+
+QUEUED_TOO_LONG = "Operation has been queued for too long"
+_timeout_jobs = impl.Scheduler._batch_timeout_jobs
+
+
+def _timeout_jobs_naming_their_platform(self, job_select_stmt, status_code, message):
+    if message != QUEUED_TOO_LONG:
+        return _timeout_jobs(self, job_select_stmt, status_code, message)
+    by_platform = collections.defaultdict(list)
+    with self._sql.session() as session:
+        for job in session.execute(job_select_stmt).scalars().all():
+            platform = ", ".join(sorted(f"{p.key}={p.value}" for p in job.platform))
+            by_platform[platform].append(job.name)
+    waited = int(self.queue_timeout_options.job_max_age.total_seconds())
+    count = 0
+    for platform, names in by_platform.items():
+        count += _timeout_jobs(
+            self, select(JobEntry).where(JobEntry.name.in_(names)), status_code,
+            f"{QUEUED_TOO_LONG}: no worker with {{{platform}}} took it within {waited}s. "
+            "Start workers for that pool, or run with a platform whose pool has workers.",
+        )
+    return count
+
+
+impl.Scheduler._batch_timeout_jobs = _timeout_jobs_naming_their_platform
+
+if __name__ == "__main__":
+    sys.argv[0] = "bgd"
+    sys.exit(cli())
