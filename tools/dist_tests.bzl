@@ -51,6 +51,24 @@ def dist_test_tags(backend, world_size):
         tags += ["cpu", "block-network", "cpu:%d" % world_size]
     return tags
 
+def dist_test_env(backend, world_size):
+    """The environment of one matrix cell's test: what the harness reads to run it.
+
+    DIST_TESTS_CPUS is the number of cores the `cpu:N` tag reserves, so that each rank gets
+    a fair share of them; GPU targets are `exclusive` and share the whole machine instead.
+
+    Args:
+      backend: the backend's name.
+      world_size: the number of ranks.
+
+    Returns:
+      A dict of environment variables.
+    """
+    env = {"BACKEND": backend, "WORLD_SIZE": str(world_size)}
+    if backend not in GPU_BACKENDS:
+        env["DIST_TESTS_CPUS"] = str(world_size)
+    return env
+
 def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
     """Declares one py_test per matrix line, and test_suites per backend, for cpu, gpu and all.
 
@@ -69,10 +87,7 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
             srcs = [main],
             main = main,
             deps = deps,
-            env = {
-                "BACKEND": cell.backend,
-                "WORLD_SIZE": str(cell.world_size),
-            },
+            env = dist_test_env(cell.backend, cell.world_size),
             shard_count = cell.shard_count,
             timeout = cell.timeout,
             size = "large" if cell.timeout in ("long", "eternal") else "medium",
