@@ -173,6 +173,21 @@ def socket_folder_base(env: Mapping[str, str] = os.environ) -> str:
     raise OSError(f"no writable folder with a path short enough for a Unix socket (tried TMPDIR, {', '.join(_SOCKET_FOLDER_BASES)})")
 
 
+def _remove_on_sigterm(folder: str) -> None:
+    """Bazel ends a timed-out test with SIGTERM, which skips atexit: remove the folder, then die of it as before."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if callable(previous):
+            previous(signum, frame)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def use_private_socket_folder() -> str:
     """Binds multiprocessing's Unix sockets (the forkserver's) in a folder only this user can enter.
 
@@ -189,6 +204,7 @@ def use_private_socket_folder() -> str:
         return folder
     folder = tempfile.mkdtemp(prefix="dist_tests-", dir=socket_folder_base())  # mode 0700
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    _remove_on_sigterm(folder)
     original = connection.arbitrary_address
 
     def arbitrary_address(family: str) -> Any:
