@@ -13,7 +13,7 @@ if __package__ is None and "dist_tests.harness" not in sys.modules:
 
 from dist_tests.harness import runner
 
-runner.configure()  # before torch is imported: checks settings, sets TEMP_DIR and TMPDIR
+runner.configure()  # before torch is imported: checks settings, sets TMPDIR, GPU visibility and threads
 
 import torch  # noqa: E402
 from torch.testing._internal.distributed.distributed_test import DistributedTest, TestDistBackend  # noqa: E402

@@ -58,6 +58,26 @@ def dist_test_tags(backend, world_size, device):
         tags += ["cpu", "block-network", "cpu:%d" % world_size]
     return tags
 
+def dist_test_env(backend, world_size, device):
+    """The environment of one matrix cell's test: what the harness reads to run it.
+
+    DIST_TESTS_DEVICE is the line's device class. DIST_TESTS_CPUS is the number of cores the
+    `cpu:N` tag reserves, so that each rank gets a fair share of them; GPU targets are
+    `exclusive` and share the whole machine instead.
+
+    Args:
+      backend: the backend's name.
+      world_size: the number of ranks.
+      device: "cpu" or "gpu".
+
+    Returns:
+      A dict of environment variables.
+    """
+    env = {"BACKEND": backend, "DIST_TESTS_DEVICE": device, "WORLD_SIZE": str(world_size)}
+    if device == "cpu":
+        env["DIST_TESTS_CPUS"] = str(world_size)
+    return env
+
 def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
     """Declares one py_test per matrix line, and test_suites per backend, for cpu, gpu and all.
 
@@ -81,11 +101,7 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
             srcs = [main],
             main = main,
             deps = deps,
-            env = {
-                "BACKEND": cell.backend,
-                "DIST_TESTS_DEVICE": cell.device,
-                "WORLD_SIZE": str(cell.world_size),
-            },
+            env = dist_test_env(cell.backend, cell.world_size, cell.device),
             shard_count = cell.shard_count,
             timeout = cell.timeout,
             size = "large" if cell.timeout in ("long", "eternal") else "medium",

@@ -3,15 +3,21 @@
 With the forkserver start method a rank is forked from a server that imported torch and
 the test module once, so it does not pay for those imports. The server's environment is
 frozen when it starts, so each rank receives the parent's current environment (torch's
-setUp writes per-test TEMP_DIR and INIT_METHOD into it) and re-reads the one module global
-that torch derives from it at import time.
+setUp writes per-test TEMP_DIR and INIT_METHOD into it). A forked rank then ends the way a
+spawned one does: atexit handlers run and Python's and C's stdio buffers are flushed
+(multiprocessing would end it with os._exit, which skips both).
 """
 
+import atexit
+import ctypes
 import fnmatch
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -63,16 +69,51 @@ def _redirect_output(log_path: str) -> None:
     os.close(fd)
 
 
-def run_rank(target: Callable[..., None], environ: Mapping[str, str], log_path: str | None, args: tuple, kwargs: dict) -> None:
-    """The entry of every rank process: sets it up, then calls torch's `_run`."""
+def run_rank(target: Callable[..., None], environ: Mapping[str, str], log_path: str | None, forked: bool, args: tuple,
+             kwargs: dict) -> None:
+    """The entry of every rank process: sets it up, then calls torch's `_run` (`target`).
+
+    `forked` says the rank came from the forkserver rather than a fresh interpreter.
+    """
     os.environ.clear()
     os.environ.update(environ)
-    from torch.testing._internal.distributed import distributed_test
-
-    # Read at import time upstream; a forked rank must see this test's value.
-    distributed_test.INIT_METHOD = os.environ.get("INIT_METHOD", "env://")
     if log_path:
         _redirect_output(log_path)
+    try:
+        if forked:
+            from dist_tests.harness import suite
+
+            suite.prepare_forked_rank(args)
+            _use_thread_share()
+            _skip_inherited_exit_finalizers()
+        _run_target(target, args, kwargs)
+    finally:
+        if forked:
+            _end_like_a_spawned_process()
+
+
+def _use_thread_share() -> None:
+    """The forkserver's torch sized its thread pool when the server started; apply this run's share."""
+    import torch
+
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0 and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
+
+
+def _skip_inherited_exit_finalizers() -> None:
+    """Keeps the weakref finalisers that the forkserver's imports registered from running at this rank's exit.
+
+    Importing torch registers about 170 of them, each deregistering an operator library
+    from torch's dispatcher: identical in every rank and test, about 0.1 to 0.4 s per rank
+    on this machine, a third of a forked rank's cost. Finalisers the rank registers itself
+    still run at its exit, as every atexit handler does.
+    """
+    for finalizer in list(weakref.finalize._registry):  # type: ignore[attr-defined]
+        finalizer.atexit = False
+
+
+def _run_target(target: Callable[..., None], args: tuple, kwargs: dict) -> None:
     rank, test_name = args[0], args[1]
     spec = os.environ.get("DIST_TESTS_FAULT")
     if spec:
@@ -94,6 +135,24 @@ def run_rank(target: Callable[..., None], environ: Mapping[str, str], log_path: 
             f.write(f"{time.monotonic() - started:.6f}\n")
 
 
+def _end_like_a_spawned_process() -> None:
+    """What an interpreter's normal exit does and a forkserver child's os._exit skips.
+
+    Runs the atexit handlers (a handler that raises is reported and the rest still run,
+    as at a normal exit), then flushes Python's and C's stdio buffers, so the tail of a
+    rank's C/C++ output reaches its log. The exit code is the one the test produced.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    ctypes.CDLL(None).fflush(None)
+
+
 def signal_name(exit_code: int) -> str:
     try:
         return signal.Signals(-exit_code).name
@@ -101,23 +160,58 @@ def signal_name(exit_code: int) -> str:
         return f"signal {-exit_code}"
 
 
-def use_abstract_unix_sockets() -> None:
-    """Binds multiprocessing's Unix sockets (the forkserver's) in Linux's abstract namespace.
+_SOCKET_FOLDER_BASES = ("/tmp", "/dev/shm", "/var/tmp")
+_SOCKET_PATH_LIMIT = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 
-    Its default is a file under TMPDIR, and a Bazel TEST_TMPDIR is longer than the 107
-    bytes a socket path may have. Abstract sockets have no file and no length problem,
-    and each sandboxed test's network namespace keeps its own.
+
+def socket_folder_base(env: Mapping[str, str] = os.environ) -> str:
+    """A folder for the private socket folder: TMPDIR when short enough, else the first writable short one."""
+    for base in (env.get("TMPDIR", ""), *_SOCKET_FOLDER_BASES):
+        # Room for "/dist_tests-XXXXXXXX/fs-PID-XXXXXXXXXXXX" below the base.
+        if base and len(os.fsencode(base)) + 48 <= _SOCKET_PATH_LIMIT and os.access(base, os.W_OK | os.X_OK):
+            return base
+    raise OSError(f"no writable folder with a path short enough for a Unix socket (tried TMPDIR, {', '.join(_SOCKET_FOLDER_BASES)})")
+
+
+def _remove_on_sigterm(folder: str) -> None:
+    """Bazel ends a timed-out test with SIGTERM, which skips atexit: remove the folder, then die of it as before."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        if callable(previous):
+            previous(signum, frame)
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def use_private_socket_folder() -> str:
+    """Binds multiprocessing's Unix sockets (the forkserver's) in a folder only this user can enter.
+
+    The forkserver unpickles whatever a client sends it, so a client is code run as this
+    user: its socket must not be reachable by anyone else. Linux's abstract namespace has no
+    permissions at all, and Bazel's TEST_TMPDIR is longer than the 107 bytes a socket path
+    may have, so the sockets go in a 0700 folder under a short base (usually /tmp), which is
+    removed when this process exits. Returns the folder.
     """
     from multiprocessing import connection
 
-    if getattr(connection.arbitrary_address, "dist_tests_abstract", False):
-        return
+    folder = getattr(connection.arbitrary_address, "dist_tests_folder", None)
+    if folder:
+        return folder
+    folder = tempfile.mkdtemp(prefix="dist_tests-", dir=socket_folder_base())  # mode 0700
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    _remove_on_sigterm(folder)
     original = connection.arbitrary_address
 
     def arbitrary_address(family: str) -> Any:
         if family == "AF_UNIX":
-            return f"\0dist_tests-{os.getpid()}-{os.urandom(6).hex()}"
+            return os.path.join(folder, f"fs-{os.getpid()}-{os.urandom(6).hex()}")
         return original(family)
 
-    arbitrary_address.dist_tests_abstract = True  # type: ignore[attr-defined]
+    arbitrary_address.dist_tests_folder = folder  # type: ignore[attr-defined]
     connection.arbitrary_address = arbitrary_address
+    return folder

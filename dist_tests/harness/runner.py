@@ -1,7 +1,7 @@
 """Sets up a run of the spawn suite and hands it to absltest.
 
-`configure()` runs before torch is imported (environment checks, TEMP_DIR, TMPDIR, GPU
-visibility); `main()` runs the tests. In rank processes and the forkserver, which re-import
+`configure()` runs before torch is imported (environment checks, TMPDIR, GPU visibility,
+threads); `main()` runs the tests. In rank processes and the forkserver, which re-import
 the entry point, `configure()` does nothing: the parent already did it.
 """
 
@@ -40,7 +40,12 @@ def configure() -> None:
     os.makedirs(tmp, exist_ok=True)
     os.environ["TMPDIR"] = tmp
     tempfile.tempdir = None
-    os.environ["TEMP_DIR"] = settings_lib.make_temp_dir(settings.work_dir, barrier_is_folder=True)
+    if settings.start_method == "forkserver":
+        # The server imports torch's test internals, which ask whether CUDA is available: through
+        # NVML, that question does not initialise the CUDA driver, so its forked ranks can use CUDA.
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    # Each rank's share of the cores the target reserved (its cpu:N tag); a user's value wins.
+    os.environ.setdefault("OMP_NUM_THREADS", str(settings.rank_threads))
     # Failures print this harness's own repro command; torch's would name a file that isn't there.
     os.environ["PYTORCH_PRINT_REPRO_ON_FAILURE"] = "0"
     if not settings.uses_gpu:
@@ -99,25 +104,15 @@ def _test_names(test_class: type) -> set[str]:
 def main(test_class: type) -> None:
     """Runs `test_class` under absltest with this harness's checks and reporting."""
     from absl.testing import absltest
-    from torch.testing._internal import common_distributed, common_utils
-    from torch.testing._internal.distributed import distributed_test
 
-    from dist_tests.harness import reporting
+    from dist_tests.harness import reporting, suite
     from dist_tests.harness.known_failures import KnownFailures, KnownFailuresError
     from dist_tests.harness.state import RUN
-    from dist_tests.harness.suite import test_timeout_s
 
     settings = RUN.settings
     assert settings is not None, "configure() must run first"
-
-    # torch's decorators read globals that its own run_tests() sets from the command line.
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    common_utils.parse_cmd_line_args()
-    sys.argv = argv
-
-    # Older torch versions keep the barrier in a file, newer ones in a folder.
-    if "listdir" not in getattr(distributed_test.Barrier.init, "__code__", None).co_names:
-        os.environ["TEMP_DIR"] = settings_lib.make_temp_dir(os.path.join(settings.work_dir, "legacy"), barrier_is_folder=False)
+    suite.check_torch_internals()
+    suite.prepare_parent(suite.test_timeout_s)
 
     # DIST_TESTS_KNOWN_FAILURES points at another list, for a backend's own CI.
     named = os.environ.get("DIST_TESTS_KNOWN_FAILURES")
@@ -139,9 +134,6 @@ def main(test_class: type) -> None:
                 "  Exclude GPU targets with --test_tag_filters=-gpu, or pass --test_env=DIST_TESTS_ALLOW_SKIP=1 "
                 "to report every test as skipped instead.")
         RUN.skip_all_reason = f"not run: {missing}"
-
-    torch_timeout = common_distributed.get_timeout
-    common_distributed.get_timeout = lambda test_id: test_timeout_s(test_id, torch_timeout(test_id))
 
     test_filter = selection.filter_text(os.environ, sys.argv)
     sys.argv = sys.argv[:1] + selection.take_k_options(sys.argv[1:])[0]

@@ -17,6 +17,16 @@ from dist_tests.harness import matrix
 DEVICES = ("cpu", "gpu")
 START_METHODS = ("forkserver", "spawn")
 
+
+def default_start_method(uses_gpu: bool) -> str:
+    """spawn for GPU backends: no GPU rank is ever forked from a process that may have touched CUDA.
+
+    The forkserver's speed-up (torch imported once) is safe only while nothing it imports
+    initialises the CUDA driver, a property of torch's test internals that any torch release
+    may change; spawn is upstream's own way and safe by construction.
+    """
+    return "spawn" if uses_gpu else "forkserver"
+
 # Exit code for a run that could not start: bad settings or missing hardware.
 SETUP_ERROR_EXIT_CODE = 3
 
@@ -38,6 +48,7 @@ class Settings:
     target: str  # the Bazel label, for repro lines
     deadline_s: float | None  # seconds after start when Bazel kills the run
     per_test_timeout_s: int | None
+    rank_threads: int  # intra-op threads per rank: a fair share of the cores the target reserved
 
 
 def max_world_size() -> int:
@@ -110,6 +121,16 @@ def _positive_int(env: Mapping[str, str], name: str) -> int | None:
     return int(value)
 
 
+def reserved_cpus(env: Mapping[str, str]) -> int:
+    """The cores this run may use: DIST_TESTS_CPUS (a CPU target's `cpu:N` tag), else this process's."""
+    value = env.get("DIST_TESTS_CPUS", "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise SettingsError(f"DIST_TESTS_CPUS={value!r} must be a positive integer (the cores the target reserved).")
+        return int(value)
+    return len(os.sched_getaffinity(0))
+
+
 def _work_dir(env: Mapping[str, str]) -> str:
     """TEST_TMPDIR under Bazel; by hand, a private folder removed at exit."""
     base = env.get("TEST_TMPDIR")
@@ -138,7 +159,8 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     device = _device(env, backend, backends)
     world_size = _world_size(env)
     _shards(env)
-    start_method = env.get("DIST_TESTS_START_METHOD", "forkserver")
+    uses_gpu = device == "gpu"
+    start_method = env.get("DIST_TESTS_START_METHOD") or default_start_method(uses_gpu)
     if start_method not in START_METHODS:
         raise SettingsError(f"DIST_TESTS_START_METHOD={start_method!r}: use one of {', '.join(START_METHODS)}.")
     timeout = _positive_int(env, "TEST_TIMEOUT")
@@ -148,7 +170,7 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         backend=backend,
         world_size=world_size,
         device=device,
-        uses_gpu=device == "gpu",
+        uses_gpu=uses_gpu,
         allow_skip=env.get("DIST_TESTS_ALLOW_SKIP") == "1",
         start_method=start_method,
         work_dir=_work_dir(env),
@@ -156,16 +178,6 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         target=env.get("TEST_TARGET", f"//dist_tests:{backend}_{world_size}"),
         deadline_s=float(timeout) if timeout else None,
         per_test_timeout_s=per_test,
+        rank_threads=max(1, reserved_cpus(env) // world_size),
     )
 
-
-def make_temp_dir(work_dir: str, barrier_is_folder: bool) -> str:
-    """Creates TEMP_DIR for torch's test files: a barrier (folder or file, as this torch expects) and test_dir."""
-    temp_dir = os.path.join(work_dir, "dist_temp")
-    os.makedirs(os.path.join(temp_dir, "test_dir"), exist_ok=True)
-    barrier = os.path.join(temp_dir, "barrier")
-    if barrier_is_folder:
-        os.makedirs(barrier, exist_ok=True)
-    elif not os.path.exists(barrier):
-        open(barrier, "w").close()
-    return temp_dir

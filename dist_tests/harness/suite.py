@@ -4,19 +4,30 @@ It keeps torch's test bodies and skip rules unchanged, and changes the parent's 
 ranks start through a forkserver (or spawn), write per-rank logs, and are joined by a loop
 that ends a test as soon as a rank errors, dies by a signal, or the test's time budget is
 spent, naming the rank and the cause and attaching every rank's traceback and log.
+
+This is the one module that relies on private parts of torch's test internals: the
+MultiProcessTestCase methods SpawnHarness overrides or calls, the module globals patched
+here (common_distributed.get_timeout, distributed_test.INIT_METHOD in forked ranks), the
+state common_utils.parse_cmd_line_args() sets, and TestDistBackend.setUp making TEMP_DIR
+(barrier and test folders) itself. check_torch_internals() verifies all of it at start.
 """
 
+import inspect
 import os
 import shutil
+import sys
 import time
 import unittest
+from types import ModuleType
 from typing import Any
 
 import torch.multiprocessing
-from torch.testing._internal import common_distributed
+from torch.testing._internal import common_distributed, common_utils
 from torch.testing._internal.common_distributed import MultiProcessTestCase
+from torch.testing._internal.distributed import distributed_test
 
 from dist_tests.harness import ranks
+from dist_tests.harness.settings import SETUP_ERROR_EXIT_CODE
 from dist_tests.harness.state import KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, RUN, time_hint
 
 _LOG_TAIL_LINES = 40
@@ -65,6 +76,77 @@ def test_timeout_s(test_id: str, torch_timeout: int) -> float:
             _TORCH_TIMEOUT_WHEN_CUT[test_id] = timeout
             timeout = fits
     return max(timeout, 1.0)
+
+
+# MultiProcessTestCase methods SpawnHarness overrides or calls, with their parameter counts (self included).
+_RELIED_ON_METHODS = {"_spawn_processes": 1, "_start_processes": 2, "_join_processes": 2, "_check_return_codes": 3}
+
+
+def missing_torch_internals(base: type = MultiProcessTestCase, distributed: ModuleType = common_distributed,
+                            utils: ModuleType = common_utils, suite: ModuleType = distributed_test) -> list[str]:
+    """What this module relies on that the given torch test internals lack (empty when all is there)."""
+    missing = []
+    for name, count in _RELIED_ON_METHODS.items():
+        method = getattr(base, name, None)
+        if not callable(method):
+            missing.append(f"MultiProcessTestCase.{name}")
+        elif len(inspect.signature(method).parameters) != count:
+            missing.append(f"MultiProcessTestCase.{name} with {count - 1} argument(s)")
+    run = getattr(base, "_run", None)
+    if not callable(run) or list(inspect.signature(run).parameters)[:2] != ["rank", "test_name"]:
+        missing.append("MultiProcessTestCase._run(rank, test_name, file_name, pipe)")
+    if not isinstance(getattr(base, "TEST_ERROR_EXIT_CODE", None), int):
+        missing.append("MultiProcessTestCase.TEST_ERROR_EXIT_CODE")
+    if not hasattr(getattr(base, "Event", None), "GET_TRACEBACK"):
+        missing.append("MultiProcessTestCase.Event.GET_TRACEBACK")
+    if not callable(getattr(distributed, "get_timeout", None)):
+        missing.append("common_distributed.get_timeout(test_id)")
+    if not callable(getattr(utils, "parse_cmd_line_args", None)):
+        missing.append("common_utils.parse_cmd_line_args()")
+    if not isinstance(getattr(suite, "INIT_METHOD", None), str):
+        missing.append("distributed_test.INIT_METHOD")
+    set_up = getattr(getattr(suite, "TestDistBackend", None), "setUp", None)
+    if "initialize_temp_directories" not in getattr(getattr(set_up, "__code__", None), "co_names", ()):
+        missing.append("TestDistBackend.setUp making TEMP_DIR (initialize_temp_directories)")
+    return missing
+
+
+def check_torch_internals() -> None:
+    """Exits with a clear message when the torch in use lacks what this harness relies on."""
+    missing = missing_torch_internals()
+    if missing:
+        print(f"dist_tests: error: torch {torch.__version__} ({os.path.dirname(torch.__file__)}) lacks test internals "
+              f"that this harness relies on: {'; '.join(missing)}.\n"
+              "  The harness (dist_tests/harness/suite.py) is written for the lock's torch (third_party/python/"
+              "requirements_lock.txt); adapt that module to this torch, or use the lock's.", file=sys.stderr, flush=True)
+        sys.exit(SETUP_ERROR_EXIT_CODE)
+
+
+def prepare_parent(timeout_s: Any) -> None:
+    """Sets the state torch's run_tests() would, and routes torch's per-test timeout through `timeout_s`."""
+    # torch's decorators read globals that its own run_tests() sets from the command line.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    common_utils.parse_cmd_line_args()
+    sys.argv = argv
+    torch_timeout = common_distributed.get_timeout
+    common_distributed.get_timeout = lambda test_id: timeout_s(test_id, torch_timeout(test_id))
+
+
+def prepare_forked_rank(args: tuple) -> None:
+    """Makes a rank forked from the forkserver behave as a freshly imported one would.
+
+    distributed_test reads INIT_METHOD at import, in the server; the rank must see this
+    test's. And CUDA must never be used in a process forked after the driver was touched:
+    torch would fail at the first CUDA call; this fails first, saying why.
+    """
+    distributed_test.INIT_METHOD = os.environ.get("INIT_METHOD", "env://")
+    if torch.cuda._is_in_bad_fork():
+        rank, pipe = args[0], args[3]
+        message = (f"rank {rank} was forked from a forkserver that had initialised CUDA (torch {torch.__version__}), "
+                   "so CUDA cannot work in it. Run with DIST_TESTS_START_METHOD=spawn (the default for GPU backends).")
+        print(f"dist_tests: error: {message}", file=sys.stderr, flush=True)
+        pipe.send(message)  # what torch's parent reads from a rank that exits with TEST_ERROR_EXIT_CODE
+        sys.exit(MultiProcessTestCase.TEST_ERROR_EXIT_CODE)
 
 
 def timeout_cut_note(test_id: str) -> str:
@@ -130,14 +212,16 @@ class SpawnHarness:
             # then only re-runs the entry point's cheap top level. ("__main__" alone would
             # preload nothing: Python 3.11's forkserver drops the main module's path.)
             context.set_forkserver_preload(_FORKSERVER_PRELOAD)
-            ranks.use_abstract_unix_sockets()
+            ranks.use_private_socket_folder()
         log_dir = self._log_dir() if RUN.settings and RUN.settings.outputs_dir else None
         if log_dir:
             shutil.rmtree(log_dir, ignore_errors=True)
 
         def start_rank(target: Any, name: str, args: tuple, kwargs: dict) -> Any:
             log_path = os.path.join(log_dir, f"rank{args[0]}.log") if log_dir else None
-            return context.Process(target=ranks.run_rank, name=name, args=(target, dict(os.environ), log_path, args, kwargs))
+            forked = method == "forkserver"
+            return context.Process(target=ranks.run_rank, name=name,
+                                   args=(target, dict(os.environ), log_path, forked, args, kwargs))
 
         self._start_processes(start_rank)  # type: ignore[attr-defined]
 

@@ -1,0 +1,115 @@
+"""How ranks start and end: spawn for GPU backends, a forkserver that never touches CUDA,
+forked ranks that end like spawned ones, each rank's share of the cores, and both start
+methods giving every test the same outcome."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, all_cases, bazel
+
+sys.path.insert(0, str(ROOT))
+from dist_tests.harness import settings as settings_lib  # noqa: E402
+
+PROBE = str(ROOT / "tests" / "probes" / "rank_probe.py")
+
+
+def probe_env(out_dir, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIST_TESTS", "TEST_", "TESTBRIDGE", "PROBE_"))}
+    env.pop("OMP_NUM_THREADS", None)
+    # With it, C's stdout would be unbuffered and a lost buffer could not be seen.
+    env.pop("PYTHONUNBUFFERED", None)
+    env.update(BACKEND="gloo", WORLD_SIZE="2", PROBE_OUT=str(out_dir), **extra)
+    return env
+
+
+def run_probe(python, out_dir, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([python, PROBE], env=probe_env(out_dir, **extra), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def rank_reports(out_dir) -> list[dict]:
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("backend,expected", [("nccl", "spawn"), ("ucc", "spawn"), ("gloo", "forkserver")])
+def test_gpu_backends_start_ranks_with_spawn_and_cpu_backends_with_the_forkserver(tmp_path, backend, expected):
+    env = {"BACKEND": backend, "WORLD_SIZE": "2", "TEST_TMPDIR": str(tmp_path)}
+    assert settings_lib.load(env).start_method == expected
+    other = "forkserver" if expected == "spawn" else "spawn"
+    assert settings_lib.load({**env, "DIST_TESTS_START_METHOD": other}).start_method == other
+
+
+def test_the_forkserver_preload_calls_no_cuda_entry_point_even_on_a_cuda_build(python, tmp_path):
+    # The preload runs in the real forkserver with a CPU torch made to look like a CUDA build
+    # on a host with two GPUs; each rank reports the CUDA calls its server made before forking.
+    with_harness = tmp_path / "harness"
+    with_harness.mkdir()
+    run = run_probe(python, with_harness, PROBE_FAKE_CUDA_BUILD="1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [r["preload_cuda_calls"] for r in rank_reports(with_harness)] == [[], []]
+    # Control: without the NVML-based check the harness sets, the same preload runs cuInit.
+    without = tmp_path / "without"
+    without.mkdir()
+    run = run_probe(python, without, PROBE_FAKE_CUDA_BUILD="1", PROBE_NVML="0")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for report in rank_reports(without):
+        assert "torch._C._cuda_getDeviceCount" in report["preload_cuda_calls"]
+
+
+def test_a_rank_forked_from_a_server_that_touched_cuda_fails_saying_so(python, tmp_path):
+    run = run_probe(python, tmp_path, PROBE_POISONED_FORKSERVER="1")
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert "was forked from a forkserver that had initialised CUDA (torch 2.13.0" in output
+    assert "DIST_TESTS_START_METHOD=spawn" in output
+    assert not list(tmp_path.glob("rank*.json")), "no test body may run in such a rank"
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_ranks_end_like_spawned_ranks_and_get_their_share_of_the_cores(python, tmp_path, method):
+    # The target reserved 4 cores for 2 ranks: 2 threads each.
+    run = run_probe(python, tmp_path, DIST_TESTS_START_METHOD=method, DIST_TESTS_CPUS="4")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for rank, report in enumerate(rank_reports(tmp_path)):
+        assert (report["threads"], report["omp_num_threads"]) == (2, "2")
+        assert (tmp_path / f"atexit.rank{rank}").read_text() == "ran\n", "the rank's atexit handler did not run"
+        assert f"c-stdio-tail-rank{rank}" in run.stdout, "the rank's C stdio buffer was not flushed"
+
+
+def test_a_users_omp_num_threads_wins(python, tmp_path):
+    run = run_probe(python, tmp_path, DIST_TESTS_CPUS="4", OMP_NUM_THREADS="1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [(r["threads"], r["omp_num_threads"]) for r in rank_reports(tmp_path)] == [(1, "1"), (1, "1")]
+
+
+def test_cpu_targets_pass_the_cores_they_reserve():
+    gloo, nccl = (bazel("query", "--output=build", f"//dist_tests:{name}").output for name in ("gloo_4", "nccl_2"))
+    assert '"DIST_TESTS_CPUS": "4"' in gloo and '"cpu:4"' in gloo
+    assert "DIST_TESTS_CPUS" not in nccl
+
+
+# A dozen representative tests: collectives, groups, objects, point-to-point, barriers with
+# timeouts, subgroups, DDP, one that reads the environment, one whose rank crashes on purpose,
+# and two that skip (CUDA).
+PARITY_TESTS = (
+    "test_all_reduce_sum test_broadcast_group test_all_gather_object_default_pg test_send_recv_any_source "
+    "test_batch_isend_irecv_gloo test_barrier_timeout_global test_new_subgroups test_DistributedDataParallelCPU "
+    "test_dump_DDP_relevant_env_vars test_ddp_has_finalized test_monitored_barrier_gloo test_all_reduce_sum_cuda "
+    "test_broadcast_cuda"
+)
+
+
+def test_forkserver_and_spawn_give_every_test_the_same_outcome():
+    outcomes = {}
+    for method in ("spawn", "forkserver"):
+        run = bazel("test", "//dist_tests:gloo_2", f"--test_filter={PARITY_TESTS}", "--nocache_test_results",
+                    f"--test_env=DIST_TESTS_START_METHOD={method}")
+        assert run.returncode == 0, run.output
+        outcomes[method] = {c.name: (c.outcome, c.message) for c in all_cases("//dist_tests:gloo_2")}
+    assert len(outcomes["spawn"]) == len(PARITY_TESTS.split())
+    assert {o for o, _ in outcomes["spawn"].values()} == {"passed", "skipped"}
+    assert outcomes["forkserver"] == outcomes["spawn"]
