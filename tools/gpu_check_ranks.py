@@ -2,7 +2,7 @@
 
 tools/gpu_check runs this file with BACKEND=gloo, WORLD_SIZE=2, DIST_TESTS_START_METHOD and
 DIST_TESTS_GPU_CHECK_DEVICE (cuda or cpu). It is an entry point like dist_tests/spawn_test.py:
-configure(), then SpawnHarness starting each rank, then the harness's runner and reporting.
+configure(), then the harness's SpawnHarness starting each rank, then the harness's runner and reporting.
 The one difference from //dist_tests:gloo_2: the GPUs stay visible to the ranks.
 """
 
@@ -23,21 +23,12 @@ elif os.environ.get("DIST_TESTS_GPU_CHECK_DEVICE") == "cuda":
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from torch.testing._internal.common_distributed import MultiProcessTestCase  # noqa: E402
 
-from dist_tests.harness.suite import SpawnHarness  # noqa: E402
+from dist_tests.harness import suite  # noqa: E402
 
 
-class GlooOnDevice(SpawnHarness, MultiProcessTestCase):
+class GlooOnDevice(suite.StandaloneSpawnCase):
     """all_reduce and broadcast of tensors on DIST_TESTS_GPU_CHECK_DEVICE, both ranks on device 0."""
-
-    @property
-    def world_size(self) -> int:
-        return int(os.environ["WORLD_SIZE"])
-
-    def setUp(self) -> None:
-        super().setUp()
-        self._spawn_processes()
 
     def _device(self) -> torch.device:
         kind = os.environ.get("DIST_TESTS_GPU_CHECK_DEVICE", "cuda")

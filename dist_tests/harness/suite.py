@@ -262,16 +262,15 @@ class SpawnHarness:
         try:
             while True:
                 codes = [p.exitcode for p in self.processes]
-                killed = [(r, c) for r, c in enumerate(codes) if c is not None and c < 0]
+                killed = [f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in enumerate(codes) if c is not None and c < 0]
                 if all(code is not None for code in codes):
                     if killed:  # every rank ended before the loop looked: name the signals all the same
                         self._dist_abnormal = True
-                        self._dist_cause = "; ".join(f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in killed)
+                        self._dist_cause = "; ".join(killed)
                     break
                 errored = [r for r, c in enumerate(codes) if c == MultiProcessTestCase.TEST_ERROR_EXIT_CODE]
                 if errored or killed:
-                    causes = [f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in killed]
-                    causes += [f"rank {r} raised an exception" for r in errored]
+                    causes = killed + [f"rank {r} raised an exception" for r in errored]
                     self._dist_abnormal = bool(killed)
                     self._end_with("; ".join(causes))
                     break
@@ -342,3 +341,18 @@ class SpawnHarness:
         if RUN.settings and RUN.settings.outputs_dir:
             shutil.rmtree(self._log_dir(), ignore_errors=True)
 
+
+class StandaloneSpawnCase(SpawnHarness, MultiProcessTestCase):
+    """A test class of one's own whose WORLD_SIZE ranks start exactly as the suite's do.
+
+    For checks outside torch's suite (tools/gpu_check, the project's probes): each test
+    method runs in every rank, as in MultiProcessTestCase.
+    """
+
+    @property
+    def world_size(self) -> int:
+        return int(os.environ["WORLD_SIZE"])
+
+    def setUp(self) -> None:
+        super().setUp()
+        self._spawn_processes()

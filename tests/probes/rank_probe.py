@@ -23,7 +23,6 @@ import ctypes  # noqa: E402
 import json  # noqa: E402
 
 import torch  # noqa: E402
-from torch.testing._internal.common_distributed import MultiProcessTestCase  # noqa: E402
 
 from dist_tests.harness import suite  # noqa: E402
 
@@ -33,15 +32,7 @@ def _write(name: str, text: str) -> None:
         f.write(text)
 
 
-class RankProbe(suite.SpawnHarness, MultiProcessTestCase):
-    @property
-    def world_size(self) -> int:
-        return int(os.environ["WORLD_SIZE"])
-
-    def setUp(self) -> None:
-        super().setUp()
-        self._spawn_processes()
-
+class RankProbe(suite.StandaloneSpawnCase):
     def test_report(self) -> None:
         fake = sys.modules.get("fake_cuda_build")
         report = {
