@@ -6,9 +6,13 @@ as a fresh interpreter, and torch's run_tests(). Needs BACKEND, WORLD_SIZE and T
 
 import os
 
-import torch
-from torch.testing._internal.common_utils import run_tests
-from torch.testing._internal.distributed.distributed_test import DistributedTest, TestDistBackend
+# As under Bazel, whose test actions do not inherit CI: with it set, torch's run_tests writes
+# XML reports through a package that the lock does not hold, and fails before any test runs.
+os.environ.pop("CI", None)
+
+import torch  # noqa: E402
+from torch.testing._internal.common_utils import run_tests  # noqa: E402
+from torch.testing._internal.distributed.distributed_test import DistributedTest, TestDistBackend  # noqa: E402
 
 
 class TestDistBackendWithSpawn(TestDistBackend, DistributedTest._DistTestBase):
