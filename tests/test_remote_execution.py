@@ -192,13 +192,34 @@ def bazel_in_background(*args: str) -> subprocess.Popen:
     return subprocess.Popen([BAZEL, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+SOCKET_FOLDER = re.compile(r"(/\S+/dist_tests-[^/\s]+)/fs-")
+
+
+def wait_for_forkserver_socket(folder: pathlib.Path, proc: subprocess.Popen, seconds: float = 600) -> str:
+    """The folder of the forkserver socket that an action running in `folder` has bound, as the
+    action names it (from its own network namespace's socket table)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        for entry in pathlib.Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and os.readlink(entry / "cwd").startswith(str(folder)):
+                    if found := SOCKET_FOLDER.search((entry / "net" / "unix").read_text()):
+                        return found[1]
+            except OSError:
+                continue
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"no forkserver socket seen under {folder}: {proc.communicate()[0]}")
+
+
 def test_a_worker_killed_mid_action_is_retried_on_another_worker(cluster):
     before, done_before = cluster.actions("started"), cluster.actions()
     # A new action key (its own per-test timeout), one action: the whole filtered suite.
     proc = bazel_in_background("test", GLOO, "--test_filter=test_all_reduce_sum", "--test_sharding_strategy=disabled",
                                "--test_env=DIST_TESTS_PER_TEST_TIMEOUT=123", "--nocache_test_results", *cluster.flags)
     victim = wait_for_new_start(cluster, before, proc)
-    time.sleep(3)  # fetching inputs or running the test by now
+    # Killed while its test runs: the forkserver is up, its socket folder made.
+    socket_folder = wait_for_forkserver_socket(cluster.state / "workers" / victim.worker, proc)
     os.kill(cluster.pid(f"worker-{victim.worker}"), signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
@@ -206,8 +227,9 @@ def test_a_worker_killed_mid_action_is_retried_on_another_worker(cluster):
     print(f"killed {victim.worker}; then: {done}")
     assert [(a.target, a.pool) for a in done] == [(GLOO, "cpu")]
     assert done[0].worker != victim.worker and " exit=0 " in done[0].rest
-    # Nothing the killed worker started is still running.
+    # Nothing the killed worker started is still running, nor left in /tmp: the action's /tmp was its own.
     assert processes_using(cluster.state / "workers" / victim.worker) == []
+    assert not os.path.exists(socket_folder)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ so nothing else in the project relies on this file. Each action:
   - runs in its own network namespace (loopback only: fixed ports never collide between actions)
     and its own PID namespace and session: when it ends, or times out, or this worker dies,
     every process it started dies with it;
+  - sees a /tmp of its own (a tmpfs in its mount namespace), which goes with the last of those
+    processes even when this worker is killed: nothing an action leaves in /tmp outlives it;
   - has its outputs, stdout and stderr uploaded, then its folder removed.
 The log has one line per action: digest, pool, worker, target and shard, and the time spent
 fetching inputs, executing and uploading.
@@ -48,6 +50,17 @@ UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 # the action's parent-death signal instead of a preexec function.
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 IP = shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin") or "/usr/sbin/ip"
+MOUNT = shutil.which("mount", path="/usr/bin:/bin:/usr/sbin:/sbin") or "/usr/bin/mount"
+# Runs inside the action's namespaces, before its command ("$1": the action's folder). Loopback
+# up; then a tmpfs over /tmp, and the action's folder bound back at its own path, since that
+# path may lie under /tmp (fd 3 still reaches the folder that the tmpfs covers).
+ACTION_PRELUDE = f"""
+{IP} link set lo up || exit 125
+exec 3<"$1" && {MOUNT} -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp && mkdir -p "$1" &&
+  {MOUNT} --no-canonicalize --bind /proc/self/fd/3 "$1" && exec 3<&- && cd "$PWD" || exit 125
+shift
+exec "$@"
+"""
 
 
 class InputCache:
@@ -276,12 +289,12 @@ class Worker:
 
     def run(self, command: re_pb2.Command, env: dict, cwd: pathlib.Path, work: pathlib.Path,
             timeout: int | None) -> tuple[int, bool]:
-        """Runs the command in fresh network and PID namespaces, with a /proc of its own (Bazel's
-        test-setup.sh watches its own pid there: pid 1); stdout and stderr go to files (helpers of
-        test-setup.sh may keep pipes open)."""
+        """Runs the command in fresh network, PID and mount namespaces, with a /proc (Bazel's
+        test-setup.sh watches its own pid there: pid 1) and a /tmp of its own; stdout and stderr
+        go to files (helpers of test-setup.sh may keep pipes open)."""
         wrapper = [SETPRIV, "--pdeathsig", "KILL", "--",  # no action outlives this worker
                    UNSHARE, "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--",
-                   "/bin/sh", "-c", f'{IP} link set lo up && exec "$@"', "sh", *command.arguments]
+                   "/bin/sh", "-c", ACTION_PRELUDE, "sh", str(work), *command.arguments]
         with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
             self.current = subprocess.Popen(wrapper, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                             stderr=err, start_new_session=True)
