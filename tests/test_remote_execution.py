@@ -214,8 +214,9 @@ def wait_for_forkserver_socket(folder: pathlib.Path, proc: subprocess.Popen, sec
 
 def test_a_worker_killed_mid_action_is_retried_on_another_worker(cluster):
     before, done_before = cluster.actions("started"), cluster.actions()
-    # A new action key (its own per-test timeout), one action: the whole filtered suite.
-    proc = bazel_in_background("test", GLOO, "--test_filter=test_all_reduce_sum", "--test_sharding_strategy=disabled",
+    # A new action key (its own per-test timeout), one action: the whole filtered suite, long
+    # enough (some 30 tests) that its forkserver is surely seen before it ends.
+    proc = bazel_in_background("test", GLOO, LONG_FILTER, "--test_sharding_strategy=disabled",
                                "--test_env=DIST_TESTS_PER_TEST_TIMEOUT=123", "--nocache_test_results", *cluster.flags)
     victim = wait_for_new_start(cluster, before, proc)
     # Killed while its test runs: the forkserver is up, its socket folder made.
