@@ -40,7 +40,6 @@ class Settings:
     backend: str
     world_size: int
     device: str  # "cpu" or "gpu"
-    uses_gpu: bool
     allow_skip: bool
     start_method: str
     work_dir: str  # every file the run writes goes below this folder
@@ -49,6 +48,10 @@ class Settings:
     deadline_s: float | None  # seconds after start when Bazel kills the run
     per_test_timeout_s: int | None
     rank_threads: int  # intra-op threads per rank: a fair share of the cores the target reserved
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.device == "gpu"
 
 
 def max_world_size() -> int:
@@ -159,8 +162,7 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     device = _device(env, backend, backends)
     world_size = _world_size(env)
     _shards(env)
-    uses_gpu = device == "gpu"
-    start_method = env.get("DIST_TESTS_START_METHOD") or default_start_method(uses_gpu)
+    start_method = env.get("DIST_TESTS_START_METHOD") or default_start_method(device == "gpu")
     if start_method not in START_METHODS:
         raise SettingsError(f"DIST_TESTS_START_METHOD={start_method!r}: use one of {', '.join(START_METHODS)}.")
     timeout = _positive_int(env, "TEST_TIMEOUT")
@@ -170,7 +172,6 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         backend=backend,
         world_size=world_size,
         device=device,
-        uses_gpu=uses_gpu,
         allow_skip=env.get("DIST_TESTS_ALLOW_SKIP") == "1",
         start_method=start_method,
         work_dir=_work_dir(env),
