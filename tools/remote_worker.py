@@ -17,7 +17,6 @@ fetching inputs, executing and uploading.
 from __future__ import annotations
 
 import argparse
-import datetime
 import errno
 import fcntl
 import hashlib
@@ -61,6 +60,11 @@ exec 3<"$1" && {MOUNT} -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp && mkdir -p
 shift
 exec "$@"
 """
+
+
+def output_paths(command: re_pb2.Command) -> list[str]:
+    """The paths the command declares as outputs (REAPI v2.1's output_paths, or the older two lists)."""
+    return list(command.output_paths) or [*command.output_files, *command.output_directories]
 
 
 class InputCache:
@@ -255,8 +259,7 @@ class Worker:
                 fetch_s = time.monotonic() - started
                 meta.input_fetch_completed_timestamp.GetCurrentTime()
             cwd = work / "root" / command.working_directory
-            outputs = list(command.output_paths) or [*command.output_files, *command.output_directories]
-            for out in outputs:
+            for out in output_paths(command):
                 (cwd / out).parent.mkdir(parents=True, exist_ok=True)
             timeout = action.timeout.seconds or None
             meta.execution_start_timestamp.GetCurrentTime()
@@ -312,7 +315,7 @@ class Worker:
         with upload(self.channel, instance=self.args.instance) as uploader:
             result.stdout_digest.CopyFrom(uploader.upload_file(str(work / "stdout")))
             result.stderr_digest.CopyFrom(uploader.upload_file(str(work / "stderr")))
-            for name in list(command.output_paths) or [*command.output_files, *command.output_directories]:
+            for name in output_paths(command):
                 path = cwd / name
                 if path.is_dir() and not path.is_symlink():
                     tree = uploader.upload_tree(str(path))
