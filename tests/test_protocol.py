@@ -115,7 +115,7 @@ def test_rank_logs_of_a_failing_test_are_kept_in_undeclared_outputs():
         "test", TARGET, "--test_filter=test_all_reduce_sum", "--test_env=DIST_TESTS_FAULT=raise:1:test_all_reduce_sum",
         "--nocache_test_results",
     )
-    zips = [a.outputs_zip for a in results(TARGET).final_attempts() if a.outputs_zip.exists()]
+    zips = results(TARGET).output_zips()
     names = [n for z in zips for n in zipfile.ZipFile(z).namelist()]
     assert "rank_logs/test_all_reduce_sum/rank1.log" in names
     assert "rank_logs/test_all_reduce_sum/rank0.log" in names

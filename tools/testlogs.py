@@ -47,7 +47,6 @@ class Attempt:
     attempt: int
     status: str  # PASSED, FAILED, TIMEOUT, ...
     seconds: float
-    cached: bool
     files: dict  # name in the event (test.xml, test.log, ...) -> local path
 
     @property
@@ -74,13 +73,8 @@ class Attempt:
 class TargetResults:
     label: str
     status: str  # Bazel's overall status (PASSED, FLAKY, FAILED, TIMEOUT, ...), or NOT_IN_INVOCATION
-    runs: int = 0
     shards: int = 0
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
-
-    @property
-    def in_invocation(self) -> bool:
-        return self.status != NOT_IN_INVOCATION
 
     def final_attempts(self) -> list[Attempt]:
         """The last attempt of each run and shard, ordered by run then shard."""
@@ -94,9 +88,10 @@ class TargetResults:
     def run_outcomes(self) -> list[str]:
         """One word per run: passed, flaky (passed on a retry), timed out or failed."""
         outcomes = []
+        final_attempts = self.final_attempts()
         for run in sorted({a.run for a in self.attempts}):
             mine = [a for a in self.attempts if a.run == run]
-            final = [a for a in self.final_attempts() if a.run == run]
+            final = [a for a in final_attempts if a.run == run]
             if all(a.status == "PASSED" for a in final):
                 outcomes.append("flaky" if len(mine) > len(final) else "passed")
             elif any(a.status == "TIMEOUT" for a in final):
@@ -115,6 +110,10 @@ class TargetResults:
         counts = {o: outcomes.count(o) for o in dict.fromkeys(outcomes)}
         return f"{len(outcomes)} runs: " + ", ".join(f"{n} {o}" for o, n in counts.items())
 
+    def output_zips(self) -> list[pathlib.Path]:
+        """The undeclared-outputs archives of the final attempts (an idle shard writes none)."""
+        return [a.outputs_zip for a in self.final_attempts() if a.outputs_zip and a.outputs_zip.exists()]
+
     def cases(self) -> list[Case]:
         """Every testcase of the final attempts (of every run: three runs of one test give three)."""
         return [case for attempt in self.final_attempts() for case in attempt.cases()]
@@ -125,7 +124,6 @@ class Invocation:
     path: pathlib.Path
     started_ms: int = 0
     finished: bool = False
-    exit_code: str = ""
     patterns: list[str] = dataclasses.field(default_factory=list)  # the targets as given
     options: list[str] = dataclasses.field(default_factory=list)  # the options given on the command line
     targets: dict[str, TargetResults] = dataclasses.field(default_factory=dict)
@@ -186,14 +184,12 @@ def _apply(invocation: Invocation, event: dict) -> None:
         target.attempts.append(Attempt(
             run=int(key.get("run", 1)), shard=int(key.get("shard", 1)), attempt=int(key.get("attempt", 1)),
             status=result.get("status", "NO_STATUS"), seconds=int(result.get("testAttemptDurationMillis", 0)) / 1000,
-            cached=bool(result.get("cachedLocally") or result.get("executionInfo", {}).get("cachedRemotely")),
             files=files,
         ))
     elif kind == "testSummary":
         summary = event.get("testSummary", {})
         target = invocation.targets.setdefault(key["label"], TargetResults(key["label"], "NO_STATUS"))
         target.status = summary.get("overallStatus", "NO_STATUS")
-        target.runs = int(summary.get("runCount", 1))
         target.shards = int(summary.get("shardCount", 1))
     elif kind == "targetCompleted" and not event.get("completed", {}).get("success", False):
         label = key["label"]
@@ -201,7 +197,6 @@ def _apply(invocation: Invocation, event: dict) -> None:
             invocation.targets[label] = TargetResults(label, "FAILED_TO_BUILD")
     elif kind == "buildFinished":
         invocation.finished = True
-        invocation.exit_code = event.get("finished", {}).get("exitCode", {}).get("name", "")
 
 
 def latest(workspace: pathlib.Path) -> Invocation:
