@@ -8,6 +8,7 @@ earlier invocations.
 import dataclasses
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ BAZEL = str(ROOT / "tools" / "bazel")
 
 sys.path.insert(0, str(ROOT))
 from tools import testlogs  # noqa: E402
-from tools.testlogs import Case, read_cases  # noqa: E402,F401
+from tools.testlogs import Case  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -73,3 +74,13 @@ def locked_python() -> str:
 @pytest.fixture(scope="session")
 def python() -> str:
     return locked_python()
+
+
+@pytest.fixture
+def fresh_output_base(tmp_path):
+    """Startup options of a Bazel server with an output base of its own (tmp_path/output_base), removed after."""
+    base = tmp_path / "output_base"
+    yield ("--output_base=" + str(base),)
+    bazel("shutdown", startup=("--output_base=" + str(base),))
+    subprocess.run(["chmod", "-R", "u+w", str(base)], check=False)
+    shutil.rmtree(base, ignore_errors=True)

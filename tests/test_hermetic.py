@@ -7,14 +7,14 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, bazel, locked_python
+from conftest import ROOT, bazel
 
 FILTER = "--test_filter=test_all_reduce_sum"
 
 
-def host_prefix() -> pathlib.Path:
+def host_prefix(python: str) -> pathlib.Path:
     """The installation the environment's interpreter was copied from (manifest.txt names its binary)."""
-    manifest = pathlib.Path(locked_python()).parent / "manifest.txt"
+    manifest = pathlib.Path(python).parent / "manifest.txt"
     binary = manifest.read_text().splitlines()[0].split(": ", 1)[1].split(" (")[0]
     return pathlib.Path(os.path.realpath(binary)).parent.parent
 
@@ -26,11 +26,11 @@ def can_hide_folders() -> bool:
 
 
 @pytest.mark.skipif(not can_hide_folders(), reason="needs root and unshare to hide the host's interpreter")
-def test_a_test_action_passes_with_the_host_interpreter_hidden(tmp_path):
+def test_a_test_action_passes_with_the_host_interpreter_hidden(tmp_path, python):
     """A Bazel server in a mount namespace where the host's prefix is an empty tmpfs runs a filtered gloo_2."""
-    prefix = host_prefix()
+    prefix = host_prefix(python)
     assert (prefix / "bin").is_dir(), prefix
-    environment = pathlib.Path(locked_python()).parent
+    environment = pathlib.Path(python).parent
     output_base = tmp_path / "output_base"
     bazel_args = f"--output_base={output_base}"
     # This server cannot create the environment (its interpreter is hidden): it takes the one built here.
@@ -55,10 +55,10 @@ tools/bazel {bazel_args} test //dist_tests:gloo_2 {FILTER} --nocache_test_result
     shutil.rmtree(output_base, ignore_errors=True)
 
 
-def fake_torch_interpreter(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+def fake_torch_interpreter(tmp_path: pathlib.Path, host: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     """A venv of the host's Python whose only torch is a stub distribution: enough to fingerprint, nothing to run."""
     venv = tmp_path / "venv"
-    subprocess.run([str(host_prefix() / "bin" / "python3"), "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+    subprocess.run([str(host / "bin" / "python3"), "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
                    check=True)
     site = next(venv.glob("lib/python3.*/site-packages"))
     (site / "torch").mkdir()
@@ -70,26 +70,19 @@ def fake_torch_interpreter(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathli
     return venv / "bin" / "python3", info / "RECORD"
 
 
-def test_the_interpreters_own_torch_is_fingerprinted_and_checked(tmp_path):
-    python, record = fake_torch_interpreter(tmp_path)
-    output_base = tmp_path / "output_base"
-    startup = (f"--output_base={output_base}",)
-    try:
-        run = bazel("build", "@dist_python//:runtime", f"--repo_env=DIST_TESTS_PYTHON={python}",
-                    "--repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1", startup=startup)
-        assert run.returncode == 0, run.output
-        environment = output_base / "external" / "dist_python"
-        identity = (environment / "python_identity.txt").read_text()
-        assert "torch: the interpreter's own, 9.9.9+stub (git abc123), RECORD sha256 " in identity
-        wrapper = str(environment / "python3")
-        assert subprocess.run([wrapper, "-c", "pass"], capture_output=True).returncode == 0
+def test_the_interpreters_own_torch_is_fingerprinted_and_checked(tmp_path, python, fresh_output_base):
+    interpreter, record = fake_torch_interpreter(tmp_path, host_prefix(python))
+    run = bazel("build", "@dist_python//:runtime", f"--repo_env=DIST_TESTS_PYTHON={interpreter}",
+                "--repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1", startup=fresh_output_base)
+    assert run.returncode == 0, run.output
+    environment = tmp_path / "output_base" / "external" / "dist_python"
+    identity = (environment / "python_identity.txt").read_text()
+    assert "torch: the interpreter's own, 9.9.9+stub (git abc123), RECORD sha256 " in identity
+    wrapper = str(environment / "python3")
+    assert subprocess.run([wrapper, "-c", "pass"], capture_output=True).returncode == 0
 
-        record.write_text(record.read_text() + "torch/new_file.py,,\n")  # torch reinstalled in place
-        changed = subprocess.run([wrapper, "-c", "pass"], capture_output=True, text=True)
-        assert changed.returncode == 3
-        assert f"the torch installed for {python} changed" in changed.stderr
-        assert "tools/bazel sync --only=dist_python" in changed.stderr
-    finally:
-        bazel("shutdown", startup=startup)
-        subprocess.run(["chmod", "-R", "u+w", str(output_base)], check=False)
-        shutil.rmtree(output_base, ignore_errors=True)
+    record.write_text(record.read_text() + "torch/new_file.py,,\n")  # torch reinstalled in place
+    changed = subprocess.run([wrapper, "-c", "pass"], capture_output=True, text=True)
+    assert changed.returncode == 3
+    assert f"the torch installed for {interpreter} changed" in changed.stderr
+    assert "tools/bazel sync --only=dist_python" in changed.stderr

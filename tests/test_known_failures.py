@@ -1,9 +1,13 @@
 """Known-failure lists on real runs: counted apart from skips, excused only for the failure
 they describe (an exception), and a list named explicitly must exist."""
 
+import subprocess
+
 import pytest
 
 from conftest import ROOT, all_cases, bazel, shard_log
+from test_report import row
+from tools import testlogs
 
 TARGET = "//dist_tests:gloo_2"
 FILTER = "--test_filter=test_all_reduce_sum test_broadcast"
@@ -34,14 +38,11 @@ def test_a_listed_test_failing_by_an_exception_is_a_known_failure_counted_apart(
     assert known.message == f"known failure ({known_list}): {REASON}"
     assert "//dist_tests:gloo_2: 1 passed, 0 failed, 0 skipped, 1 known failures, 0 did not run" in shard_log(TARGET)
 
-    import subprocess
-
     table = subprocess.run(
-        [python, str(ROOT / "tools/report.py"), "--matrix=gloo_2", f"--events={ROOT / 'bazel-test-events.json'}",
+        [python, str(ROOT / "tools/report.py"), "--matrix=gloo_2", f"--events={ROOT / testlogs.EVENTS_FILE}",
          f"--out={tmp_path / 'report'}"], capture_output=True, text=True, check=True,
     ).stdout
-    row = next(line.split() for line in table.splitlines() if line.startswith("gloo_2 "))
-    assert row[3:9] == ["1", "0", "1", "0", "0", "0"]  # passed, skipped, known, failed, did not run, timed out
+    assert row(table, "gloo_2")[0] == [1, 0, 1, 0, 0, 0]  # passed, skipped, known, failed, did not run, timed out
 
 
 def test_a_listed_test_killed_by_a_signal_is_reported_as_that(known_list):

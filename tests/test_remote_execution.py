@@ -19,7 +19,7 @@ import zipfile
 import pytest
 
 from conftest import BAZEL, ROOT, all_cases, bazel, results
-from test_remote_cache import copy_workspace
+from test_remote_cache import copy_workspace, processes_line
 
 TOOL = str(ROOT / "tools" / "remote_execution")
 GLOO, NCCL = "//dist_tests:gloo_2", "//dist_tests:nccl_2"
@@ -107,10 +107,6 @@ def cluster():
         shutil.rmtree(started.state, ignore_errors=True)
 
 
-def processes_line(output: str) -> str:
-    return [line for line in output.splitlines() if re.match(r"INFO: \d+ process", line)][-1]
-
-
 def case_outcomes(target: str) -> list[tuple[str, str]]:
     return sorted((c.name, c.outcome) for c in all_cases(target))
 
@@ -129,7 +125,7 @@ def test_filtered_suite_runs_on_the_cpu_pool_gpu_target_on_the_gpu_pool_with_loc
     assert {outcome for _, outcome in case_outcomes(NCCL)} == {"skipped"}
     # Undeclared outputs came back: the timing file of every test that ran.
     # (Shards that a small filtered selection leaves idle write none.)
-    zips = [a.outputs_zip for a in results(GLOO).final_attempts() if a.outputs_zip and a.outputs_zip.exists()]
+    zips = results(GLOO).output_zips()
     assert zips, "no shard's undeclared outputs came back"
     outputs = [name for z in zips for name in zipfile.ZipFile(z).namelist()]
     for test, outcome in local_outcomes:

@@ -2,21 +2,8 @@
 
 import hashlib
 import pathlib
-import shutil
-import subprocess
-
-import pytest
 
 from conftest import bazel
-
-
-@pytest.fixture
-def fresh_output_base(tmp_path):
-    base = tmp_path / "output_base"
-    yield ("--output_base=" + str(base),)
-    bazel("shutdown", startup=("--output_base=" + str(base),))
-    subprocess.run(["chmod", "-R", "u+w", str(base)], check=False)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_tests_run_on_the_locked_environment():
