@@ -193,9 +193,9 @@ def relocate(dest: pathlib.Path) -> list[str]:
     binary.parent.mkdir(parents=True)
     shutil.copyfile(executable, binary)
     binary.chmod(0o755)
-    identity = [f"python: {sys.version.split()[0]}", f"implementation: {sys.implementation.name}"]
 
     soname = sysconfig.get_config_var("INSTSONAME")
+    copied_library = None
     # Some distributions build libpython but link their python binary statically: ask the binary.
     if soname in needed_libraries(binary):
         library = pathlib.Path(sysconfig.get_config_var("LIBDIR")) / soname
@@ -205,11 +205,9 @@ def relocate(dest: pathlib.Path) -> list[str]:
             raise RelocationError(
                 f"{executable} links {soname} without a RUNPATH, so a copy would load the host's library. "
                 "Use an interpreter built with an rpath (pyenv, python-build-standalone) or a static one.")
-        shutil.copyfile(library, dest / "lib" / soname)
-        identity.append(f"libpython: {soname} sha256 {sha256(dest / 'lib' / soname)}")
-    else:
-        identity.append("libpython: static")
-    identity.insert(2, f"binary sha256: {sha256(binary)}")
+        copied_library = dest / "lib" / soname
+        shutil.copyfile(library, copied_library)
+    identity = _identity(binary, copied_library)
 
     zip_path = dest / "lib" / f"python{sys.version_info[0]}{sys.version_info[1]}.zip"
     modules = write_stdlib_zip(stdlib, zip_path, dest / "lib" / f"python{version}")
@@ -218,18 +216,22 @@ def relocate(dest: pathlib.Path) -> list[str]:
     return identity
 
 
+def _identity(binary: pathlib.Path, library: pathlib.Path | None) -> list[str]:
+    """The running interpreter's version, and the hashes of `binary` and of the libpython it loads (None: static)."""
+    if library is None:
+        libpython = "libpython: static"
+    else:
+        libpython = f"libpython: {library.name} sha256 {sha256(library) if library.is_file() else 'not found'}"
+    return [f"python: {sys.version.split()[0]}", f"implementation: {sys.implementation.name}",
+            f"binary sha256: {sha256(binary)}", libpython]
+
+
 def describe() -> list[str]:
     """The identity of the running interpreter, in place."""
     executable = pathlib.Path(os.path.realpath(sys.executable))
-    identity = [f"python: {sys.version.split()[0]}", f"implementation: {sys.implementation.name}",
-                f"binary sha256: {sha256(executable)}"]
     soname = sysconfig.get_config_var("INSTSONAME")
-    if soname in needed_libraries(executable):
-        library = pathlib.Path(sysconfig.get_config_var("LIBDIR")) / soname
-        identity.append(f"libpython: {soname} sha256 {sha256(library) if library.is_file() else 'not found'}")
-    else:
-        identity.append("libpython: static")
-    return identity
+    linked = soname in needed_libraries(executable)
+    return _identity(executable, pathlib.Path(sysconfig.get_config_var("LIBDIR")) / soname if linked else None)
 
 
 def main(argv: list[str]) -> int:
