@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 
 DEFAULT_INDEX = "https://pypi.org/simple"
+# A lock's lines that say where wheels come from (install_lock passes its own flags instead).
+INDEX_OPTIONS = {"--index-url", "-i", "--extra-index-url", "--find-links", "-f", "--no-index"}
 
 
 def pip_config(python: str) -> dict[str, str]:
@@ -87,14 +89,18 @@ def uv_source_args(lock_index: str | None, lock_extra: list[str], config: dict[s
     return args
 
 
-def hint(output: str, lock: str) -> str:
+def hint(output: str, lock: str, sources: list[str]) -> str:
     """What to do about the usual ways a locked install fails, from uv's own words."""
+    return _hint(output, lock) + "\nSources: " + " ".join(sources)
+
+
+def _hint(output: str, lock: str) -> str:
     if "Hash mismatch" in output:
         return (f"A downloaded wheel is not the one {lock} pins (its sha256 differs; named above). A mirror serving "
                 "another build of that version is the usual cause: point pip at one that serves the original wheels, "
                 "or regenerate the locks from your sources with tools/update_lock.")
     if "not found in the package registry" in output or "No solution found" in output or "no wheels" in output:
-        return ("A pinned wheel is in none of the sources (named above): the lock's indexes and pip's configuration. "
+        return ("A pinned wheel (named above) is in none of the sources: the lock's indexes and pip's configuration. "
                 "Make it reachable (internet, or a mirror or folder of wheels in pip's configuration: "
                 "pip config set global.find-links DIR), or regenerate the locks with tools/update_lock.")
     return "See uv's output above."
@@ -104,7 +110,7 @@ def requirements_only(lock: str) -> str:
     """A copy of the lock without its index lines (uv would obey them, unreachable or not); its path."""
     copy = lock + ".pins"
     with open(lock) as f, open(copy, "w") as out:
-        out.writelines(line for line in f if not line.lstrip().startswith("--"))
+        out.writelines(line for line in f if line.split(" ", 1)[0].strip() not in INDEX_OPTIONS)
     return copy
 
 
@@ -113,6 +119,7 @@ def main(uv: str, lock: str, target: str) -> int:
     env = dict(os.environ)
     if config.get("cert"):
         env["SSL_CERT_FILE"] = config["cert"]
+    sources = uv_source_args(*lock_indexes(lock), config)
     command = [
         uv, "pip", "install", "--no-progress", "--python", sys.executable, "--target", target,
         "--require-hashes", "--no-deps", "--only-binary", ":all:", "--no-compile",
@@ -120,13 +127,13 @@ def main(uv: str, lock: str, target: str) -> int:
         "--index-strategy", "unsafe-best-match",
         # Copies, not links into uv's cache: files here are rewritten later (runfiles_safe_names).
         "--link-mode", "copy",
-        *uv_source_args(*lock_indexes(lock), config),
+        *sources,
         "--requirement", requirements_only(lock),
     ]
     run = subprocess.run(command, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         output = run.stdout + run.stderr
-        print(output[-6000:] + "\n" + hint(output, lock), file=sys.stderr)
+        print(output[-6000:] + "\n" + hint(output, lock, sources), file=sys.stderr)
         return run.returncode
     return 0
 
