@@ -64,11 +64,16 @@ def shard_log(target: str, shard: int = 1) -> str:
     return attempt.log.read_text()
 
 
-def locked_python() -> str:
-    """Path of the locked environment's interpreter (the one tools/python runs)."""
+def output_base() -> pathlib.Path:
+    """The workspace's Bazel output base."""
     run = bazel("info", "output_base")
     assert run.returncode == 0, run.output
-    return str(pathlib.Path(run.output.strip().splitlines()[-1]) / "external" / "dist_python" / "python3")
+    return pathlib.Path(run.output.strip().splitlines()[-1])
+
+
+def locked_python() -> str:
+    """Path of the locked environment's interpreter (the one tools/python runs)."""
+    return str(output_base() / "external" / "dist_python" / "python3")
 
 
 @pytest.fixture(scope="session")

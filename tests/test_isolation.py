@@ -2,7 +2,7 @@
 
 import subprocess
 
-from conftest import ROOT, bazel, results, shard_log, testlogs
+from conftest import ROOT, bazel, output_base, results, shard_log, testlogs
 
 SMOKE = "--test_filter=test_all_reduce_sum test_broadcast test_barrier test_all_gather test_scatter"
 
@@ -23,9 +23,11 @@ def test_a_run_writes_nothing_outside_its_own_folders():
     bazel("build", "//dist_tests:gloo_2")  # the build's own outputs are not the run's
     ws_before = snapshot_workspace()
     # Unsandboxed, so that a stray write would land in /tmp or the workspace. The test runs
-    # with an empty /tmp of its own (tests/private_tmp.sh) and prints what it left there.
+    # with an empty /tmp of its own (tests/private_tmp.sh) and prints what it left there; the
+    # workspace and the output base, which its runfiles point into, stay visible in it.
+    private_tmp = f"{ROOT / 'tests/private_tmp.sh'} {ROOT} {output_base()} --"
     run = bazel("test", "//dist_tests:gloo_2", SMOKE, "--spawn_strategy=local", "--nocache_test_results",
-                "--test_sharding_strategy=disabled", f"--run_under={ROOT / 'tests/private_tmp.sh'}")
+                "--test_sharding_strategy=disabled", f"--run_under={private_tmp}")
     assert run.returncode == 0, run.output
     assert "private /tmp after the run: []" in shard_log("//dist_tests:gloo_2")
     # Bazel itself writes the build events there; the run writes nothing.
