@@ -28,11 +28,12 @@ class Run:
     output: str
 
 
-def bazel(*args: str, startup: tuple[str, ...] = (), env: dict | None = None, timeout: int = 900) -> Run:
-    """Runs tools/bazel in the workspace; returns its exit code and combined output."""
+def bazel(*args: str, startup: tuple[str, ...] = (), env: dict | None = None, timeout: int = 900,
+          workspace: pathlib.Path = ROOT) -> Run:
+    """Runs tools/bazel in the workspace (this one, or a copy); returns its exit code and combined output."""
     proc = subprocess.run(
-        [BAZEL, *startup, *args],
-        cwd=ROOT,
+        [str(workspace / "tools" / "bazel"), *startup, *args],
+        cwd=workspace,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -42,9 +43,9 @@ def bazel(*args: str, startup: tuple[str, ...] = (), env: dict | None = None, ti
     return Run(proc.returncode, proc.stdout)
 
 
-def results(target: str) -> testlogs.TargetResults:
+def results(target: str, workspace: pathlib.Path = ROOT) -> testlogs.TargetResults:
     """What the latest `bazel test` did for a label such as //dist_tests:gloo_2."""
-    return testlogs.latest(ROOT).target(target)
+    return testlogs.latest(workspace).target(target)
 
 
 def all_cases(target: str) -> list[Case]:
@@ -57,9 +58,9 @@ def shard_cases(target: str) -> dict[int, list[Case]]:
     return {a.shard: a.cases() for a in results(target).final_attempts()}
 
 
-def shard_log(target: str, shard: int = 1) -> str:
+def shard_log(target: str, shard: int = 1, workspace: pathlib.Path = ROOT) -> str:
     """test.log of one shard (of the first run) in the latest invocation."""
-    attempt = next(a for a in results(target).final_attempts() if a.shard == shard and a.run == 1)
+    attempt = next(a for a in results(target, workspace).final_attempts() if a.shard == shard and a.run == 1)
     assert attempt.log is not None, f"the build events name no test.log for {target} shard {shard}"
     return attempt.log.read_text()
 
