@@ -53,6 +53,14 @@ def configure() -> None:
         # The server imports torch's test internals, which ask whether CUDA is available: through
         # NVML, that question does not initialise the CUDA driver, so its forked ranks can use CUDA.
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    # The matrix line's own variables (UCC's transports): Bazel sets them from the line; by hand,
+    # the same values from the table. Either way a user's value wins.
+    for name, value in settings.line_env.items():
+        os.environ.setdefault(name, value)
+    if settings.line_env:
+        given = " ".join(f"{name}={os.environ[name]}" + ("" if os.environ[name] == value else " (given)")
+                         for name, value in sorted(settings.line_env.items()))
+        print(f"dist_tests: {settings.target} runs with its matrix line's settings: {given}", file=sys.stderr, flush=True)
     # Each rank's share of the cores the target reserved (its cpu:N tag); a user's value wins.
     os.environ.setdefault("OMP_NUM_THREADS", str(settings.rank_threads))
     # Failures print this harness's own repro command; torch's would name a file that isn't there.
