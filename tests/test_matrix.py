@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, bazel
+from conftest import ROOT, bazel, shard_log
 
 EXPECTED = {
     "gloo_2": ("gloo", 2, False),
@@ -147,3 +147,14 @@ def test_a_table_the_harness_cannot_read_is_a_clear_error(python, tmp_path):
     run = harness_settings(python, {"BACKEND": "gloo"}, table=str(table))
     assert run.returncode != 0
     assert f"cannot read the target matrix in {table}" in run.stderr
+
+
+def test_ucc_2_under_bazel_says_its_settings_and_a_users_test_env_wins():
+    # This torch has no UCC, so the target stops at once; what it says before that is the point.
+    run = bazel("test", "//dist_tests:ucc_2", "--test_filter=test_all_reduce_sum", "--nocache_test_results",
+                "--test_env=UCC_TLS=ucp")
+    assert run.returncode != 0
+    log = shard_log("//dist_tests:ucc_2")
+    assert ("//dist_tests:ucc_2 runs with its matrix line's settings: UCC_EC_CUDA_USE_COOPERATIVE_LAUNCH=n "
+            "UCC_TLS=ucp (given) UCC_TL_UCP_TUNE=cuda:0 UCX_TLS=tcp,cuda") in log
+    assert "has no ucc backend" in log
