@@ -11,11 +11,14 @@ if __package__ is None and "dist_tests.harness" not in sys.modules:
     # Run as a file by hand: make the workspace root importable, as Bazel's runfiles do.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dist_tests.harness import runner
+from dist_tests.harness import runner, spawn_file
 
 runner.configure()  # before torch is imported: checks settings, sets TMPDIR, GPU visibility and threads
 
 import torch  # noqa: E402
+
+spawn_file.at_import()  # in the parent and every rank, as upstream's file: torch.distributed required, no TF32
+
 from torch.testing._internal.distributed.distributed_test import DistributedTest, TestDistBackend  # noqa: E402
 
 from dist_tests.harness.suite import SpawnHarness  # noqa: E402

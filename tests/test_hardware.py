@@ -1,18 +1,25 @@
 """GPU targets on a host without the GPUs or the backend: fail fast, or skip when asked."""
 
-from conftest import ROOT, all_cases, bazel, shard_log
+import pytest
 
-TARGET = "//dist_tests:nccl_2"
+from conftest import ROOT, all_cases, bazel, results, shard_log
+
+# The CUDA environment has NCCL and gloo: what both lack here is the GPUs.
+GPU_TARGETS = {
+    "//dist_tests:nccl_2": "nccl with WORLD_SIZE=2 needs 2 GPUs, and this host has 0",
+    "//dist_tests:gloo_gpu_2": "gloo with WORLD_SIZE=2 needs 2 GPUs, and this host has 0",
+}
 
 
-def test_missing_backend_or_gpus_fails_fast_and_says_how_to_exclude():
-    run = bazel("test", TARGET, "--nocache_test_results")
+@pytest.mark.parametrize("target", sorted(GPU_TARGETS))
+def test_missing_backend_or_gpus_fails_fast_and_says_how_to_exclude(target):
+    run = bazel("test", target, "--nocache_test_results")
     assert run.returncode != 0
-    log = shard_log(TARGET, 1) + shard_log(TARGET, 2)
-    assert "cannot run:" in log
-    # The CUDA environment has NCCL: what is missing here is the GPUs.
-    assert "nccl with WORLD_SIZE=2 needs 2 GPUs, and this host has 0" in log
-    assert "has no nccl backend" not in log
+    shards = sorted({a.shard for a in results(target).final_attempts()})
+    log = "".join(shard_log(target, shard) for shard in shards)
+    assert log.count("cannot run:") == len(shards) > 1, "every shard must fail on its own"
+    assert GPU_TARGETS[target] in log
+    assert "has no nccl backend" not in log and "has no gloo backend" not in log
     assert "--test_tag_filters=-gpu" in log
     assert "DIST_TESTS_ALLOW_SKIP=1" in log
     assert "Started process" not in log, "no rank may start when the hardware is missing"
@@ -27,16 +34,17 @@ def test_a_backend_pypis_torch_lacks_says_so_and_how_to_bring_one():
     assert "Started process" not in log
 
 
-def test_opt_in_reports_every_test_skipped_with_the_reason():
-    run = bazel("test", TARGET, "--test_env=DIST_TESTS_ALLOW_SKIP=1", "--nocache_test_results")
+@pytest.mark.parametrize("target", sorted(GPU_TARGETS))
+def test_opt_in_reports_every_test_skipped_with_the_reason(target):
+    run = bazel("test", target, "--test_env=DIST_TESTS_ALLOW_SKIP=1", "--nocache_test_results")
     assert run.returncode == 0, run.output
-    cases = all_cases(TARGET)
+    cases = all_cases(target)
     assert len(cases) > 250
     assert {c.outcome for c in cases} == {"skipped"}
-    # Tests that torch itself skips for nccl keep torch's reason; every other one says why it did not run.
+    # Tests that torch itself skips for the backend keep torch's reason; every other one says why it did not run.
     not_run = [c for c in cases if c.message.startswith("not run: ")]
     assert len(not_run) > 100
-    assert all("nccl" in c.message for c in not_run)
+    assert all(GPU_TARGETS[target] in c.message for c in not_run)
     assert all(c.message for c in cases)
 
 

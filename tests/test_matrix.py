@@ -6,12 +6,14 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, bazel
+from conftest import ROOT, bazel, shard_log
 
 EXPECTED = {
     "gloo_2": ("gloo", 2, False),
     "gloo_3": ("gloo", 3, False),
     "gloo_4": ("gloo", 4, False),
+    "gloo_gpu_2": ("gloo", 2, True),
+    "gloo_gpu_4": ("gloo", 4, True),
     "nccl_2": ("nccl", 2, True),
     "nccl_4": ("nccl", 4, True),
     "ucc_2": ("ucc", 2, True),
@@ -53,7 +55,11 @@ def test_env_and_tags(rules, name):
 
 @pytest.mark.parametrize(
     "suite, members",
-    [("gloo", {"gloo_2", "gloo_3", "gloo_4"}), ("gpu", {"nccl_2", "nccl_4", "ucc_2"}), ("cpu", {"gloo_2", "gloo_3", "gloo_4"})],
+    [
+        ("gloo", {"gloo_2", "gloo_3", "gloo_4", "gloo_gpu_2", "gloo_gpu_4"}),
+        ("gpu", {"gloo_gpu_2", "gloo_gpu_4", "nccl_2", "nccl_4", "ucc_2"}),
+        ("cpu", {"gloo_2", "gloo_3", "gloo_4"}),
+    ],
 )
 def test_suites(suite, members):
     run = bazel("query", f"tests(//dist_tests:{suite})")
@@ -65,7 +71,17 @@ def test_suites(suite, members):
 def test_tag_filter_excludes_gpu_targets():
     run = bazel("query", 'attr("tags", "\\bgpu\\b", tests(//dist_tests:all))')
     found = {line.split(":")[1] for line in run.output.splitlines() if line.startswith("//dist_tests:")}
-    assert found == {"nccl_2", "nccl_4", "ucc_2"}
+    assert found == {"gloo_gpu_2", "gloo_gpu_4", "nccl_2", "nccl_4", "ucc_2"}
+
+
+UCC_SETTINGS = {"UCX_TLS": "tcp,cuda", "UCC_TLS": "nccl,ucp,cuda", "UCC_TL_UCP_TUNE": "cuda:0",
+                "UCC_EC_CUDA_USE_COOPERATIVE_LAUNCH": "n"}
+
+
+def test_ucc_runs_with_upstreams_last_ucc_settings(rules):
+    for name, value in UCC_SETTINGS.items():
+        assert f'"{name}": "{value}"' in rules["ucc_2"]
+    assert "UCX_TLS" not in rules["nccl_2"] + rules["gloo_2"]
 
 
 def harness_settings(python, changes: dict[str, str], table: str | None = None) -> subprocess.CompletedProcess:
@@ -75,7 +91,7 @@ def harness_settings(python, changes: dict[str, str], table: str | None = None) 
     code = (
         "from dist_tests.harness import matrix, settings\n"
         + (f"matrix.TABLE = {table!r}\n" if table else "")
-        + "s = settings.load()\nprint(s.backend, s.device, ','.join(matrix.device_of_backends(matrix.TABLE)))"
+        + "s = settings.load()\nprint(s.backend, s.device, ','.join(matrix.device_of_backends(matrix.TABLE)), s.target)"
     )
     return subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, timeout=60)
 
@@ -87,6 +103,27 @@ def test_by_hand_the_device_comes_from_the_matrix_table(python, backend, device)
     assert run.stdout.split()[:2] == [backend, device]
 
 
+@pytest.mark.parametrize("world_size, target", [("2", "gloo_gpu_2"), ("4", "gloo_gpu_4")])
+def test_by_hand_a_backend_on_both_device_classes_runs_as_its_first_line_unless_told(python, world_size, target):
+    run = harness_settings(python, {"BACKEND": "gloo", "WORLD_SIZE": world_size})
+    assert run.stdout.split()[:2] == ["gloo", "cpu"], run.stderr
+    assert run.stdout.split()[3] == f"//dist_tests:gloo_{world_size}"
+    run = harness_settings(python, {"BACKEND": "gloo", "WORLD_SIZE": world_size, "DIST_TESTS_DEVICE": "gpu"})
+    assert run.stdout.split()[:2] == ["gloo", "gpu"], run.stderr
+    assert run.stdout.split()[3] == f"//dist_tests:{target}"
+
+
+def test_by_hand_ucc_gets_its_lines_settings_and_a_users_value_wins(python):
+    code = ("from dist_tests.harness import runner; import os; runner.configure(); "
+            f"print(' '.join(os.environ[n] for n in {sorted(UCC_SETTINGS)!r}))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "DIST_TESTS_", "UCC_", "UCX_"))}
+    env.update(BACKEND="ucc", WORLD_SIZE="2", PYTHONPATH=str(ROOT), UCC_TLS="ucp")
+    run = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [UCC_SETTINGS[n] if n != "UCC_TLS" else "ucp" for n in sorted(UCC_SETTINGS)]
+    assert "UCC_TLS=ucp (given)" in run.stderr
+
+
 def test_by_hand_the_device_can_be_given(python):
     run = harness_settings(python, {"BACKEND": "nccl", "DIST_TESTS_DEVICE": "cpu"})
     assert run.stdout.split()[:2] == ["nccl", "cpu"], run.stderr
@@ -95,13 +132,13 @@ def test_by_hand_the_device_can_be_given(python):
 def test_a_new_backend_is_one_line_in_the_table(python, tmp_path):
     table = tmp_path / "dist_tests.bzl"
     text = (ROOT / "tools" / "dist_tests.bzl").read_text()
-    line = '    struct(backend = "ucc", world_size = 2, device = "gpu", shard_count = 2, timeout = "long"),\n'
+    line = '    struct(backend = "nccl", world_size = 4, device = "gpu", shard_count = 2, timeout = "long"),\n'
     assert line in text
     new = '    struct(backend = "xccl", world_size = 2, device = "gpu", shard_count = 2, timeout = "long"),\n'
     table.write_text(text.replace(line, line + new))
     run = harness_settings(python, {"BACKEND": "xccl"}, table=str(table))
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["xccl", "gpu", "gloo,nccl,ucc,xccl"]
+    assert run.stdout.split() == ["xccl", "gpu", "gloo,nccl,xccl,ucc", "//dist_tests:xccl_2"]
 
 
 def test_a_table_the_harness_cannot_read_is_a_clear_error(python, tmp_path):
@@ -110,3 +147,14 @@ def test_a_table_the_harness_cannot_read_is_a_clear_error(python, tmp_path):
     run = harness_settings(python, {"BACKEND": "gloo"}, table=str(table))
     assert run.returncode != 0
     assert f"cannot read the target matrix in {table}" in run.stderr
+
+
+def test_ucc_2_under_bazel_says_its_settings_and_a_users_test_env_wins():
+    # This torch has no UCC, so the target stops at once; what it says before that is the point.
+    run = bazel("test", "//dist_tests:ucc_2", "--test_filter=test_all_reduce_sum", "--nocache_test_results",
+                "--test_env=UCC_TLS=ucp")
+    assert run.returncode != 0
+    log = shard_log("//dist_tests:ucc_2")
+    assert ("//dist_tests:ucc_2 runs with its matrix line's settings: UCC_EC_CUDA_USE_COOPERATIVE_LAUNCH=n "
+            "UCC_TLS=ucp (given) UCC_TL_UCP_TUNE=cuda:0 UCX_TLS=tcp,cuda") in log
+    assert "has no ucc backend" in log

@@ -4,7 +4,8 @@
 or a world size is adding a line. `dist_test_matrix()` turns it into targets and suites, and
 passes each target's backend, world size and device class to the harness in its environment.
 The harness reads this table too (dist_tests/harness/matrix.py: the backends it accepts and,
-run by hand, each backend's device class), so its lines must stay literal `struct(...)` calls.
+run by hand, each backend's device class, target name and environment), so its lines must
+stay literal `struct(...)` calls.
 """
 
 load("@rules_python//python:defs.bzl", "py_test")
@@ -14,27 +15,37 @@ DEVICES = ["cpu", "gpu"]
 
 # One line per target: backend, ranks, the device class its ranks need, shards, and Bazel's
 # timeout for one shard. Shards are sized from measured times so that one shard takes a few
-# minutes at most.
+# minutes at most. Optional fields: `name`, the target's name when BACKEND_WORLDSIZE is taken
+# (a backend on both device classes names its GPU lines); `env`, variables its ranks get
+# (a user's --test_env wins).
 DIST_TEST_MATRIX = [
     struct(backend = "gloo", world_size = 2, device = "cpu", shard_count = 4, timeout = "moderate"),
     struct(backend = "gloo", world_size = 3, device = "cpu", shard_count = 4, timeout = "moderate"),
     struct(backend = "gloo", world_size = 4, device = "cpu", shard_count = 4, timeout = "moderate"),
+    # Upstream's GPU job: gloo with every GPU visible, exercising its CUDA-tensor paths.
+    struct(backend = "gloo", world_size = 2, device = "gpu", name = "gloo_gpu_2", shard_count = 4, timeout = "long"),
+    struct(backend = "gloo", world_size = 4, device = "gpu", name = "gloo_gpu_4", shard_count = 4, timeout = "long"),
     struct(backend = "nccl", world_size = 2, device = "gpu", shard_count = 2, timeout = "long"),
     struct(backend = "nccl", world_size = 4, device = "gpu", shard_count = 2, timeout = "long"),
-    struct(backend = "ucc", world_size = 2, device = "gpu", shard_count = 2, timeout = "long"),
+    # Upstream's last UCC settings (its CI stopped running UCC in late 2024).
+    struct(backend = "ucc", world_size = 2, device = "gpu", shard_count = 2, timeout = "long", env = {
+        "UCC_EC_CUDA_USE_COOPERATIVE_LAUNCH": "n",
+        "UCC_TLS": "nccl,ucp,cuda",
+        "UCC_TL_UCP_TUNE": "cuda:0",
+        "UCX_TLS": "tcp,cuda",
+    }),
 ]
 
-def dist_test_name(backend, world_size):
-    """The target name of one matrix cell.
+def dist_test_name(cell):
+    """The target name of one matrix line: its `name`, else BACKEND_WORLDSIZE.
 
     Args:
-      backend: the backend's name, for example "gloo".
-      world_size: the number of ranks.
+      cell: a line of DIST_TEST_MATRIX.
 
     Returns:
-      The name, for example "gloo_2".
+      The name, for example "gloo_2" or "gloo_gpu_2".
     """
-    return "%s_%d" % (backend, world_size)
+    return getattr(cell, "name", "%s_%d" % (cell.backend, cell.world_size))
 
 def dist_test_tags(backend, world_size, device):
     """The tags of one matrix cell: its backend, its world size, and how Bazel must schedule it.
@@ -104,20 +115,25 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
     """
     by_backend = {}
     by_device = {device: [] for device in DEVICES}
-    device_of_backend = {}
     for cell in matrix:
+        target = dist_test_name(cell)
         if cell.device not in DEVICES:
-            fail("%s_%d: device %r is not one of %s" % (cell.backend, cell.world_size, cell.device, DEVICES))
-        if device_of_backend.setdefault(cell.backend, cell.device) != cell.device:
-            fail("backend %r is on lines with different devices; give all its lines one device" % cell.backend)
-        target = dist_test_name(cell.backend, cell.world_size)
+            fail("%s: device %r is not one of %s" % (target, cell.device, DEVICES))
+        if ":" + target in [t for tests in by_device.values() for t in tests]:
+            fail("%s is the target of two lines of DIST_TEST_MATRIX: give one of them a `name`" % target)
+        env = dist_test_env(cell.backend, cell.world_size, cell.device)
+        line_env = getattr(cell, "env", {})
+        for key in line_env:
+            if key in env:
+                fail("%s: its `env` sets %s, which the macro sets from the line's fields" % (target, key))
+        env.update(line_env)
         py_test(
             name = target,
             srcs = [main],
             main = main,
             deps = deps,
             data = [dist_python_packages(cell.device)],
-            env = dist_test_env(cell.backend, cell.world_size, cell.device),
+            env = env,
             shard_count = cell.shard_count,
             timeout = cell.timeout,
             size = "large" if cell.timeout in ("long", "eternal") else "medium",

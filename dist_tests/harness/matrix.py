@@ -25,12 +25,39 @@ def _literal_lines(tree: ast.Module) -> list[dict]:
     raise MatrixError("it has no literal DIST_TEST_MATRIX = [struct(...), ...] table")
 
 
-def device_of_backends(table: str | None = None) -> dict[str, str]:
-    """{backend: "cpu" or "gpu"}, in the table's order."""
+def lines(table: str | None = None) -> list[dict]:
+    """Every line of the table as a dict of its fields, in the table's order."""
     table = table or TABLE
     try:
         with open(table, encoding="utf-8") as f:
-            lines = _literal_lines(ast.parse(f.read(), table))
-        return {line["backend"]: line["device"] for line in lines}
+            found = _literal_lines(ast.parse(f.read(), table))
+        for line in found:
+            missing = {"backend", "world_size", "device"} - set(line)
+            if missing:
+                raise MatrixError(f"a line has no {', '.join(sorted(missing))}: {line}")
+        return found
     except (OSError, SyntaxError, ValueError, KeyError, AttributeError, MatrixError) as error:
         raise MatrixError(f"cannot read the target matrix in {table}: {error}") from None
+
+
+def device_of_backends(table: str | None = None) -> dict[str, str]:
+    """{backend: the device class of its first line}, in the table's order.
+
+    A backend on lines of both device classes (gloo) runs by hand, with DIST_TESTS_DEVICE
+    unset, as its first line does.
+    """
+    devices: dict[str, str] = {}
+    for line in lines(table):
+        devices.setdefault(line["backend"], line["device"])
+    return devices
+
+
+def target_name(line: dict) -> str:
+    """A line's target name, as tools/dist_tests.bzl's dist_test_name() gives it."""
+    return line.get("name") or f"{line['backend']}_{line['world_size']}"
+
+
+def find_line(backend: str, world_size: int, device: str, table: str | None = None) -> dict | None:
+    """The line of that backend, world size and device class; None for a cell the table does not declare."""
+    return next((line for line in lines(table)
+                 if (line["backend"], line["world_size"], line["device"]) == (backend, world_size, device)), None)

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from typing import NoReturn
 
-from dist_tests.harness import selection
+from dist_tests.harness import ci_lists, selection, spawn_file
 from dist_tests.harness import settings as settings_lib
 
 _CONFIGURED = "DIST_TESTS_CONFIGURED"
@@ -29,12 +29,21 @@ def configure() -> None:
         return
     try:
         settings = settings_lib.load()
+        # PyTorch CI's disabled and slow tests: torch reads the files; a bad one stops the run here.
+        for warning in ci_lists.check(os.environ, selection.SUITE_CLASS, selection.suite_names_from_source):
+            print(f"dist_tests: warning: {warning}", file=sys.stderr, flush=True)
     except settings_lib.SettingsError as error:
         die(str(error))
     _leave_idle_filtered_shard()
     from dist_tests.harness.state import RUN
 
     RUN.settings = settings
+    not_run = spawn_file.not_run_reason()
+    if not_run:
+        if not settings.allow_skip:
+            die(f"{settings.target} does not run: {not_run}.\n"
+                "  Pass --test_env=DIST_TESTS_ALLOW_SKIP=1 to report every test as skipped instead.")
+        RUN.skip_all_reason = f"not run: {not_run}"
     # Everything torch writes through tempfile (init files, barriers) lands in the work dir.
     tmp = os.path.join(settings.work_dir, "tmp")
     os.makedirs(tmp, exist_ok=True)
@@ -44,6 +53,14 @@ def configure() -> None:
         # The server imports torch's test internals, which ask whether CUDA is available: through
         # NVML, that question does not initialise the CUDA driver, so its forked ranks can use CUDA.
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    # The matrix line's own variables (UCC's transports): Bazel sets them from the line; by hand,
+    # the same values from the table. Either way a user's value wins.
+    for name, value in settings.line_env.items():
+        os.environ.setdefault(name, value)
+    if settings.line_env:
+        given = " ".join(f"{name}={os.environ[name]}" + ("" if os.environ[name] == value else " (given)")
+                         for name, value in sorted(settings.line_env.items()))
+        print(f"dist_tests: {settings.target} runs with its matrix line's settings: {given}", file=sys.stderr, flush=True)
     # Each rank's share of the cores the target reserved (its cpu:N tag); a user's value wins.
     os.environ.setdefault("OMP_NUM_THREADS", str(settings.rank_threads))
     # Failures print this harness's own repro command; torch's would name a file that isn't there.

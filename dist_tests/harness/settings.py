@@ -48,6 +48,7 @@ class Settings:
     deadline_s: float | None  # seconds after start when Bazel kills the run
     per_test_timeout_s: int | None
     rank_threads: int  # intra-op threads per rank: a fair share of the cores the target reserved
+    line_env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the matrix line's `env`
 
     @property
     def uses_gpu(self) -> bool:
@@ -165,6 +166,10 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     start_method = env.get("DIST_TESTS_START_METHOD") or default_start_method(device == "gpu")
     if start_method not in START_METHODS:
         raise SettingsError(f"DIST_TESTS_START_METHOD={start_method!r}: use one of {', '.join(START_METHODS)}.")
+    try:
+        line = matrix.find_line(backend, world_size, device) or {}
+    except matrix.MatrixError as error:
+        raise SettingsError(str(error)) from None
     timeout = _positive_int(env, "TEST_TIMEOUT")
     per_test = _positive_int(env, "DIST_TESTS_PER_TEST_TIMEOUT")
     outputs = env.get("TEST_UNDECLARED_OUTPUTS_DIR") or None
@@ -176,9 +181,10 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         start_method=start_method,
         work_dir=_work_dir(env),
         outputs_dir=outputs,
-        target=env.get("TEST_TARGET", f"//dist_tests:{backend}_{world_size}"),
+        target=env.get("TEST_TARGET", f"//dist_tests:{matrix.target_name(line) if line else f'{backend}_{world_size}'}"),
         deadline_s=float(timeout) if timeout else None,
         per_test_timeout_s=per_test,
         rank_threads=max(1, reserved_cpus(env) // world_size),
+        line_env=line.get("env", {}),
     )
 
