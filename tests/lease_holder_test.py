@@ -24,6 +24,7 @@ record = {
     "shard": os.environ.get("TEST_SHARD_INDEX", "0"),
     "run": os.environ.get("TEST_RUN_NUMBER", "1"),
     "host": socket.gethostname(),
+    "pid": os.getpid(),  # in its own pid namespace under Bazel
     "gpus": list(RUN.gpu_lease.gpus),
     "visible": os.environ["CUDA_VISIBLE_DEVICES"],
     "acquired": time.time(),

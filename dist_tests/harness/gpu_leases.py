@@ -36,7 +36,7 @@ class Lease:
 
     gpus: tuple[int, ...]
     lock_dir: str
-    waited_s: float
+    waited_s: float  # 0 when the GPUs were free at once
     _fds: list[int]
 
     def release(self) -> None:
@@ -183,8 +183,8 @@ def acquire(pool: list[int], count: int, lock_dir: str, me: str, give_up_at: flo
             for _, fd in taken:  # the holder's record, for runs that wait on these GPUs
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{me}\n".encode(), 0)
-            return Lease(tuple(gpu for gpu, _ in taken), lock_dir, time.monotonic() - started,
-                         [fd for _, fd in taken])
+            waited_s = 0.0 if last_busy is None else time.monotonic() - started
+            return Lease(tuple(gpu for gpu, _ in taken), lock_dir, waited_s, [fd for _, fd in taken])
         now = time.monotonic()
         busy = {gpu: holder(_lock_path(lock_dir, gpu)) for gpu in held}
         if give_up_at is not None and now >= give_up_at:
@@ -234,6 +234,6 @@ def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None
     lease = acquire(pool, world_size, folder, describe_me(env), give_up_at, say, why_give_up)
     os.environ["CUDA_VISIBLE_DEVICES"] = lease.names()
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    waited = f" after waiting {lease.waited_s:.0f} s" if lease.waited_s >= 1 else ""
+    waited = f" after waiting {lease.waited_s:.1f} s" if lease.waited_s else ""
     say(f"leased GPUs {lease.names()} of {_listing(pool)} ({source}){waited}; locks in {folder}")
     return lease
