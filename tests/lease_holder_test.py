@@ -3,7 +3,8 @@
 For the lease tests (tests/test_gpu_leases.py) and tools/gpu_lease_benchmark. No CUDA needed:
 stand-in indices come from DIST_TESTS_GPUS. It writes one JSON record per run into
 LEASE_RECORDS_DIR (a folder the caller makes writable), when it holds the lease and again when
-it lets go, and holds until LEASE_RELEASE_FILE exists, or for LEASE_HOLD_S seconds.
+it lets go, and holds until LEASE_RELEASE_FILE exists, or for LEASE_HOLD_S seconds. With
+LEASE_RECORD_DEVICES=1 it also records the UUIDs of the devices torch sees (tools/gpu_check).
 """
 
 import json
@@ -39,6 +40,10 @@ def write(record: dict) -> None:
     os.replace(tmp, path)  # readers never see half a record
 
 
+if os.environ.get("LEASE_RECORD_DEVICES") == "1":  # tools/gpu_check: the devices CUDA shows this run
+    import torch
+
+    record["devices"] = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
 write(record)
 print(f"holding GPUs {RUN.gpu_lease.names()}", flush=True)
 release_file = os.environ.get("LEASE_RELEASE_FILE")
