@@ -155,6 +155,7 @@ def test_a_run_that_does_not_fit_waits_naming_the_holder_then_runs(python, tmp_p
     assert first.wait(60) == 0 and second.wait(60) == 0, second_log.read_text()
     first_record, second_record = sorted(leases.held(), key=lambda r: r["acquired"])
     assert first_record["gpus"] == second_record["gpus"] == held["gpus"] == [0, 1]
+    assert first_record["visible"] == second_record["visible"] == "0,1", "ranks would see only the leased GPUs"
     assert second_record["acquired"] >= first_record["released"]
     assert "leased GPUs 0,1 of GPUs 0,1 (DIST_TESTS_GPUS=0,1) after waiting" in second_log.read_text()
 
