@@ -218,7 +218,16 @@ def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None
     A pool smaller than the ranks is the missing-hardware case that the run reports (or skips)
     after torch loads; only a DIST_TESTS_GPUS too short for the ranks is an error here.
     """
-    pool, source = gpu_pool(env, driver_gpus())
+    def say(message: str) -> None:
+        print(f"dist_tests: {message}", file=sys.stderr, flush=True)
+
+    shown = driver_gpus()
+    if shown is None and not env.get("DIST_TESTS_GPUS", "").strip():
+        # No driver to ask (no GPU here, or one this check cannot see): the ranks see what they see.
+        say(f"no NVIDIA driver shows GPUs here ({_DRIVER_GPUS}), so none were leased; "
+            "DIST_TESTS_GPUS names GPUs to lease")
+        return None
+    pool, source = gpu_pool(env, shown)
     if len(pool) < world_size:
         if env.get("DIST_TESTS_GPUS", "").strip() and not allow_skip:
             raise LeaseError(f"WORLD_SIZE={world_size} needs {world_size} GPUs, and {source} names {len(pool)}: "
@@ -227,10 +236,6 @@ def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None
         os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         return None
     folder = lock_folder(env)
-
-    def say(message: str) -> None:
-        print(f"dist_tests: {message}", file=sys.stderr, flush=True)
-
     lease = acquire(pool, world_size, folder, describe_me(env), give_up_at, say, why_give_up)
     os.environ["CUDA_VISIBLE_DEVICES"] = lease.names()
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
