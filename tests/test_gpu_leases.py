@@ -262,11 +262,11 @@ def exclusive_targets(*flags: str) -> tuple[int, list[str]]:
 
 
 def test_gpu_targets_are_exclusive_locally_and_not_under_config_remote():
-    assert exclusive_targets() == (0, [HOLDER, "//dist_tests:nccl_2", "//dist_tests:nccl_4", "//dist_tests:ucc_2"])
+    assert exclusive_targets() == (0, ["//dist_tests:nccl_2", "//dist_tests:nccl_4", "//dist_tests:ucc_2", HOLDER])
     # What --config=remote sets: Bazel 4.2.3 would run exclusive tests one at a time.
     assert exclusive_targets("--repo_env=DIST_TESTS_GPU_EXCLUSIVE=0") == (0, [])
     run = bazel("query", "--repo_env=DIST_TESTS_GPU_EXCLUSIVE=maybe", "//dist_tests:all")
-    assert run.returncode != 0 and "DIST_TESTS_GPU_EXCLUSIVE='maybe': use 1" in run.output
+    assert run.returncode != 0 and 'DIST_TESTS_GPU_EXCLUSIVE="maybe": use 1' in run.output
 
 
 def test_two_gpu_workers_run_two_2_gpu_actions_at_once_on_disjoint_gpus(leases):
