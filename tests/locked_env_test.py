@@ -1,4 +1,7 @@
-"""Runs inside a py_test: the interpreter and packages are the locked environment's."""
+"""Runs inside a py_test: the interpreter and packages are its device class's locked environment.
+
+LOCK (the lock of that class) and DIST_TESTS_DEVICE come from the target (tests/BUILD.bazel).
+"""
 
 import hashlib
 import os
@@ -7,31 +10,55 @@ import site
 import sys
 import unittest
 
-LOCK = "third_party/python/requirements_lock.txt"
+DEVICE = os.environ.get("DIST_TESTS_DEVICE", "cpu")
+LOCK = os.environ["LOCK"]
+PACKAGES = f"dist_python_{DEVICE}"
 
 
 def locked_version(package: str) -> str:
     with open(LOCK) as f:
-        match = re.search(rf"^{package}==(\S+)", f.read(), re.MULTILINE)
+        match = re.search(rf"^{package}===(\S+)", f.read(), re.MULTILINE)
     assert match, f"{package} is not pinned in {LOCK}"
     return match.group(1)
 
 
 class LockedEnvironmentTest(unittest.TestCase):
     def test_torch_is_the_locked_version(self) -> None:
+        import importlib.metadata
+
         import torch
 
-        self.assertEqual(torch.__version__, locked_version("torch"))
+        # The distribution's version is the lock's; PyPI's CUDA build names its CUDA in
+        # torch.__version__ (2.13.0+cu130).
+        self.assertEqual(importlib.metadata.version("torch"), locked_version("torch"))
+        self.assertTrue(torch.__version__.startswith(locked_version("torch")), torch.__version__)
 
-    def test_packages_come_from_the_external_repository(self) -> None:
+    def test_torch_is_the_build_of_this_device_class(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        self.assertTrue(dist.is_available())
+        self.assertTrue(dist.is_gloo_available())
+        if DEVICE == "gpu":
+            # PyPI's CUDA build, NCCL included; no GPU or driver is needed to see that.
+            self.assertIsNotNone(torch.version.cuda)
+            self.assertTrue(dist.is_nccl_available())
+        else:
+            self.assertIsNone(torch.version.cuda)
+            self.assertFalse(dist.is_nccl_available())
+
+    def test_packages_come_from_the_device_classes_repository(self) -> None:
         import absl
         import torch
 
         for module in (torch, absl):
             path = module.__file__
-            self.assertIn(f"{os.sep}dist_python{os.sep}site-packages{os.sep}", path)
+            self.assertIn(f"{os.sep}{PACKAGES}{os.sep}site-packages{os.sep}", path)
             # Inside this test's runfiles, not the host's or the output base's copy.
             self.assertIn(".runfiles", path)
+        other = "cpu" if DEVICE == "gpu" else "gpu"
+        self.assertFalse(os.path.exists(os.path.join(os.environ["TEST_SRCDIR"], f"dist_python_{other}")),
+                         f"a {DEVICE} target must not carry the {other} packages")
 
     def test_host_site_packages_are_not_importable(self) -> None:
         self.assertTrue(sys.flags.no_site, "the interpreter must run without the site module")
@@ -47,13 +74,16 @@ class LockedEnvironmentTest(unittest.TestCase):
         for module in (os, hashlib):
             self.assertIn(f"{os.sep}dist_python{os.sep}python{os.sep}lib{os.sep}", module.__file__)
 
-    def test_identity_file_describes_this_interpreter(self) -> None:
+    def test_identity_files_describe_this_interpreter_and_packages(self) -> None:
         with open(os.path.join(os.environ["TEST_SRCDIR"], "dist_python", "python_identity.txt")) as f:
             identity = dict(line.split(": ", 1) for line in f.read().splitlines())
         self.assertEqual(identity["python"], sys.version.split()[0])
         with open(sys.executable, "rb") as f:
             self.assertEqual(identity["binary sha256"], hashlib.sha256(f.read()).hexdigest())
-        self.assertEqual(identity["torch"], "locked")
+        with open(os.path.join(os.environ["TEST_SRCDIR"], PACKAGES, "environment.txt")) as f:
+            environment = dict(line.split(": ", 1) for line in f.read().splitlines())
+        self.assertEqual(environment["device"], DEVICE)
+        self.assertEqual(environment["torch"], "locked, torch===" + locked_version("torch"))
 
     def test_interpreter_matches_the_lock(self) -> None:
         with open(LOCK) as f:

@@ -10,9 +10,21 @@ def test_missing_backend_or_gpus_fails_fast_and_says_how_to_exclude():
     assert run.returncode != 0
     log = shard_log(TARGET, 1) + shard_log(TARGET, 2)
     assert "cannot run:" in log
+    # The CUDA environment has NCCL: what is missing here is the GPUs.
+    assert "nccl with WORLD_SIZE=2 needs 2 GPUs, and this host has 0" in log
+    assert "has no nccl backend" not in log
     assert "--test_tag_filters=-gpu" in log
     assert "DIST_TESTS_ALLOW_SKIP=1" in log
     assert "Started process" not in log, "no rank may start when the hardware is missing"
+
+
+def test_a_backend_pypis_torch_lacks_says_so_and_how_to_bring_one():
+    run = bazel("test", "//dist_tests:ucc_2", "--nocache_test_results")
+    assert run.returncode != 0
+    log = shard_log("//dist_tests:ucc_2", 1)
+    assert "has no ucc backend" in log
+    assert "DIST_TESTS_TORCH_WHEEL" in log and "DIST_TESTS_USE_INTERPRETER_TORCH" in log
+    assert "Started process" not in log
 
 
 def test_opt_in_reports_every_test_skipped_with_the_reason():

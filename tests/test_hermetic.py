@@ -31,6 +31,7 @@ def test_a_test_action_passes_with_the_host_interpreter_hidden(tmp_path, python)
     prefix = host_prefix(python)
     assert (prefix / "bin").is_dir(), prefix
     environment = pathlib.Path(python).parent
+    packages = environment.parent / "dist_python_cpu"
     output_base = tmp_path / "output_base"
     bazel_args = f"--output_base={output_base}"
     # This server cannot create the environment (its interpreter is hidden): it takes the one built here.
@@ -40,7 +41,8 @@ mount -t tmpfs -o ro,size=1m hidden '{prefix}'
 test -z "$(ls -A '{prefix}')"
 echo "hidden: {prefix}"
 tools/bazel {bazel_args} test //dist_tests:gloo_2 {FILTER} --nocache_test_results \
-  --override_repository=dist_python={environment} --test_output=errors
+  --override_repository=dist_python={environment} --override_repository=dist_python_cpu={packages} \
+  --test_output=errors
 """
     try:
         run = subprocess.run(["unshare", "-m", "bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -72,7 +74,7 @@ def fake_torch_interpreter(tmp_path: pathlib.Path, host: pathlib.Path) -> tuple[
 
 def test_the_interpreters_own_torch_is_fingerprinted_and_checked(tmp_path, python, fresh_output_base):
     interpreter, record = fake_torch_interpreter(tmp_path, host_prefix(python))
-    run = bazel("build", "@dist_python//:runtime", f"--repo_env=DIST_TESTS_PYTHON={interpreter}",
+    run = bazel("build", "@dist_python//:runtime", "@dist_python_cpu//:site_packages", f"--repo_env=DIST_TESTS_PYTHON={interpreter}",
                 "--repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1", startup=fresh_output_base)
     assert run.returncode == 0, run.output
     environment = tmp_path / "output_base" / "external" / "dist_python"
@@ -85,4 +87,4 @@ def test_the_interpreters_own_torch_is_fingerprinted_and_checked(tmp_path, pytho
     changed = subprocess.run([wrapper, "-c", "pass"], capture_output=True, text=True)
     assert changed.returncode == 3
     assert f"the torch installed for {interpreter} changed" in changed.stderr
-    assert "tools/bazel sync --only=dist_python" in changed.stderr
+    assert "tools/bazel sync --only=dist_python," in changed.stderr

@@ -61,6 +61,21 @@ def dist_test_tags(backend, world_size, device):
         tags += ["cpu", "block-network", "cpu:%d" % world_size]
     return tags
 
+def dist_python_packages(device):
+    """The Python packages that targets of a device class run on.
+
+    Each device class has its own hash-locked set (WORKSPACE, //tools/python_env): the CPU
+    build of torch for "cpu", PyPI's CUDA build for "gpu". A target names its set in `data`;
+    the interpreter takes it from the runfiles by DIST_TESTS_DEVICE.
+
+    Args:
+      device: "cpu" or "gpu".
+
+    Returns:
+      The label of that set's files.
+    """
+    return "@dist_python_%s//:site_packages" % device
+
 def dist_test_env(backend, world_size, device):
     """The environment of one matrix cell's test: what the harness reads to run it.
 
@@ -104,6 +119,7 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
             srcs = [main],
             main = main,
             deps = deps,
+            data = [dist_python_packages(cell.device)],
             env = dist_test_env(cell.backend, cell.world_size, cell.device),
             shard_count = cell.shard_count,
             timeout = cell.timeout,

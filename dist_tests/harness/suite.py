@@ -118,7 +118,7 @@ def check_torch_internals() -> None:
         print(f"dist_tests: error: torch {torch.__version__} ({os.path.dirname(torch.__file__)}) lacks test internals "
               f"that this harness relies on: {'; '.join(missing)}.\n"
               "  The harness (dist_tests/harness/suite.py) is written for the lock's torch (third_party/python/"
-              "requirements_lock.txt); adapt that module to this torch, or use the lock's.", file=sys.stderr, flush=True)
+              "requirements_*_lock.txt); adapt that module to this torch, or use the lock's.", file=sys.stderr, flush=True)
         sys.exit(SETUP_ERROR_EXIT_CODE)
 
 

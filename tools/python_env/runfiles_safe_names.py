@@ -5,7 +5,7 @@ Bazel 4.2.3's runfiles manifest separates paths with spaces, so a file such as
 setuptools' vendored `jaraco/text/Lorem ipsum.txt` cannot be a test input. This renames
 each such file (spaces become underscores) and rewrites the quoted old name in the .py
 files of the same folder, the only place a package refers to its own data by name.
-Run by //tools:python_env.bzl on a freshly installed site-packages; prints what it changed.
+Run by //tools/python_env on a freshly installed site-packages; prints what it changed.
 """
 
 import pathlib

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Copies the running CPython into a self-contained, relocatable folder, and writes its identity.
 
-Run by //tools:python_env.bzl with the chosen interpreter itself:
+Run by //tools/python_env with the chosen interpreter itself:
 
     python3 relocatable_python.py DEST IDENTITY_FILE
     python3 relocatable_python.py --describe-only IDENTITY_FILE   (the identity, no copy)

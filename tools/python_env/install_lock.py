@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Installs a hash-locked requirements file into one folder with uv, from pip's wheel sources.
+
+Run by //tools/python_env:packages.bzl with the interpreter the packages are for:
+
+    python3 install_lock.py UV LOCK TARGET_DIR
+
+uv installs the wheels of a hash-checked lock in parallel (a cold CUDA environment here: about
+20 s against pip's 51 s), but it does not read pip's configuration. So the sources are pip's own:
+the lock's `--index-url` / `--extra-index-url` lines, then pip's configuration (`pip config
+list`, which includes PIP_* variables): index-url, extra-index-url, find-links, no-index,
+trusted-host and cert. A machine whose pip reaches a mirror or a folder of wheels installs the
+same locked wheels with uv. Every wheel must match a hash of the lock, whatever its source.
+"""
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+# A lock's lines that say where wheels come from (install_lock passes its own flags instead).
+INDEX_OPTIONS = {"--index-url", "-i", "--extra-index-url", "--find-links", "-f", "--no-index"}
+
+
+def pip_config(python: str) -> dict[str, str]:
+    """pip's effective settings by name (index-url, find-links, ...): PIP_* variables win, then install., then global."""
+    out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    ranked: dict[str, tuple[int, str]] = {}
+    rank = {"global": 0, "install": 1, ":env:": 2}
+    for line in out.splitlines():
+        key, sep, value = line.partition("=")
+        section, _, name = key.rpartition(".")
+        if sep and section in rank and rank[section] >= ranked.get(name, (-1, ""))[0]:
+            ranked[name] = (rank[section], value.strip().strip("'\""))
+    return {name: value for name, (_, value) in ranked.items()}
+
+
+def lock_indexes(lock: str) -> tuple[str | None, list[str]]:
+    """The `--index-url` and `--extra-index-url` lines a lock names for its wheels."""
+    index, extra = None, []
+    with open(lock) as f:
+        for line in f:
+            option, _, value = line.strip().partition(" ")
+            if option == "--index-url":
+                index = value.strip()
+            elif option == "--extra-index-url":
+                extra.append(value.strip())
+    return index, extra
+
+
+def reachable(url: str) -> bool:
+    """Whether an index answers at all. pip warns about one that does not and goes on; uv would stop."""
+    if url.startswith("file:"):
+        return os.path.isdir(url[len("file://"):])
+    try:
+        urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + "/", method="HEAD"), timeout=10)
+        return True
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def uv_source_args(lock_index: str | None, lock_extra: list[str], config: dict[str, str]) -> list[str]:
+    """uv's flags for the indexes a lock names plus pip's configured sources, leaving out indexes that do not answer."""
+    if config.get("no-index", "").lower() in ("1", "true", "yes", "on"):
+        args = ["--no-index"]
+        indexes: list[str] = []
+    else:
+        index = config.get("index-url") or lock_index or DEFAULT_INDEX
+        indexes = [index] + config.get("extra-index-url", "").split() + lock_extra
+        usable = []
+        for url in dict.fromkeys(indexes):
+            if reachable(url):
+                usable.append(url)
+            else:
+                print(f"install_lock: the index {url} does not answer; the wheels come from pip's other sources",
+                      file=sys.stderr)
+        if not usable:
+            sys.exit(f"install_lock: no index answers ({', '.join(indexes)}). Check the network, or point pip at a "
+                     "mirror or a folder of wheels: pip config set global.find-links DIR")
+        args = ["--index-url", usable[0]] + [a for url in usable[1:] for a in ("--extra-index-url", url)]
+    for links in config.get("find-links", "").split():
+        args += ["--find-links", links]
+    for host in config.get("trusted-host", "").split():
+        args += ["--allow-insecure-host", host]
+    return args
+
+
+def hint(output: str, lock: str, sources: list[str]) -> str:
+    """What to do about the usual ways a locked install fails, from uv's own words."""
+    return _hint(output, lock) + "\nSources: " + " ".join(sources)
+
+
+def _hint(output: str, lock: str) -> str:
+    if "Hash mismatch" in output:
+        return (f"A downloaded wheel is not the one {lock} pins (its sha256 differs; named above). A mirror serving "
+                "another build of that version is the usual cause: point pip at one that serves the original wheels, "
+                "or regenerate the locks from your sources with tools/update_lock.")
+    if "not found in the package registry" in output or "No solution found" in output or "no wheels" in output:
+        return ("A pinned wheel (named above) is in none of the sources: the lock's indexes and pip's configuration. "
+                "Make it reachable (internet, or a mirror or folder of wheels in pip's configuration: "
+                "pip config set global.find-links DIR), or regenerate the locks with tools/update_lock.")
+    return "See uv's output above."
+
+
+def requirements_only(lock: str) -> str:
+    """A copy of the lock without its index lines (uv would obey them, unreachable or not); its path."""
+    copy = lock + ".pins"
+    with open(lock) as f, open(copy, "w") as out:
+        out.writelines(line for line in f if line.split(" ", 1)[0].strip() not in INDEX_OPTIONS)
+    return copy
+
+
+def main(uv: str, lock: str, target: str) -> int:
+    config = pip_config(sys.executable)
+    env = dict(os.environ)
+    if config.get("cert"):
+        env["SSL_CERT_FILE"] = config["cert"]
+    sources = uv_source_args(*lock_indexes(lock), config)
+    command = [
+        uv, "pip", "install", "--no-progress", "--python", sys.executable, "--target", target,
+        "--require-hashes", "--no-deps", "--only-binary", ":all:", "--no-compile",
+        # Every source is weighed for every pin, as pip does; the hashes decide what is installed.
+        "--index-strategy", "unsafe-best-match",
+        # Copies, not links into uv's cache: files here are rewritten later (runfiles_safe_names).
+        "--link-mode", "copy",
+        *sources,
+        "--requirement", requirements_only(lock),
+    ]
+    run = subprocess.run(command, env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        output = run.stdout + run.stderr
+        print(output[-6000:] + "\n" + hint(output, lock, sources), file=sys.stderr)
+        return run.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    sys.exit(main(*sys.argv[1:]))
