@@ -27,5 +27,6 @@ def test_its_checks_pass_on_cpu_tensors(python):
     assert run.returncode == 0, run.stdout + run.stderr
     lines = [line.split(":")[0] for line in run.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert lines == ["PASS  gloo-cpu-spawn", "PASS  gloo-cpu-forkserver", "PASS  nccl_2-needs-2-gpus",
-                     "PASS  gloo_2-matches-upstream-forkserver", "PASS  gloo_2-matches-upstream-spawn"]
-    assert "gpu_check: 5 passed, 0 failed" in run.stdout
+                     "PASS  gloo_2-matches-upstream-forkserver", "PASS  gloo_2-matches-upstream-spawn",
+                     "PASS  two-leases-disjoint"]
+    assert "gpu_check: 6 passed, 0 failed" in run.stdout

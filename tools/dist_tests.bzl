@@ -8,6 +8,7 @@ run by hand, each backend's device class, target name and environment), so its l
 stay literal `struct(...)` calls.
 """
 
+load("@dist_tests_gpu_scheduling//:scheduling.bzl", "GPU_EXCLUSIVE")
 load("@rules_python//python:defs.bzl", "py_test")
 
 # The device classes a line can name: "gpu" ranks each need a GPU of their own.
@@ -50,7 +51,9 @@ def dist_test_name(cell):
 def dist_test_tags(backend, world_size, device):
     """The tags of one matrix cell: its backend, its world size, and how Bazel must schedule it.
 
-    GPU targets are `exclusive`: they share the host's GPUs. CPU targets run in parallel,
+    GPU targets are `exclusive` locally, apart from the rest of the server's tests, and not
+    under --config=remote (tools/gpu/scheduling.bzl); on any host, each GPU run leases its
+    GPUs (dist_tests/harness/gpu_leases.py), so runs never share one. CPU targets run in parallel,
     each in its own network namespace (`block-network`), so fixed ports such as 29500 never
     collide; `cpu:N` keeps Bazel from running more ranks at once than there are cores.
 
@@ -64,7 +67,7 @@ def dist_test_tags(backend, world_size, device):
     """
     tags = [backend, "world_size_%d" % world_size]
     if device == "gpu":
-        tags += ["gpu", "exclusive"]
+        tags += ["gpu", "exclusive"] if GPU_EXCLUSIVE else ["gpu"]
     else:
         tags += ["cpu", "block-network", "cpu:%d" % world_size]
     return tags

@@ -130,7 +130,8 @@ class _Result(xml_reporter._TextAndXMLTestResult):
             for name in self._failed_names:
                 self.stream.writeln(f"  {repro_command(name)}")
         self.stream.writeln(f"{_target()}: {passed} passed, {failed} failed, {len(self.skipped) - self._known} skipped, "
-                            f"{self._known} known failures, {len(self._not_run)} did not run")
+                            f"{self._known} known failures, {len(self._not_run)} did not run"
+                            + (f", on leased GPUs {RUN.gpu_lease.names()}" if RUN.gpu_lease else ""))
 
 
 class SpawnTestRunner(xml_reporter.TextAndXMLTestRunner):

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from typing import NoReturn
 
-from dist_tests.harness import ci_lists, selection, spawn_file
+from dist_tests.harness import ci_lists, gpu_leases, selection, spawn_file
 from dist_tests.harness import settings as settings_lib
 
 _CONFIGURED = "DIST_TESTS_CONFIGURED"
@@ -70,6 +70,8 @@ def configure() -> None:
         # torch's ranks would skip even gloo tests.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         os.environ["HIP_VISIBLE_DEVICES"] = ""
+    if settings.uses_gpu:
+        _lease_gpus(settings)
     if os.environ.get("DIST_TESTS_FAULT"):
         from dist_tests.harness.ranks import FaultSpecError, parse_fault
 
@@ -78,6 +80,24 @@ def configure() -> None:
         except FaultSpecError as error:
             die(str(error))
     os.environ[_CONFIGURED] = "1"
+
+
+def _lease_gpus(settings: settings_lib.Settings) -> None:
+    """Holds WORLD_SIZE GPUs of the host for this run (gpu_leases); the wait counts against its timeout."""
+    from dist_tests.harness.state import RUN, time_hint
+
+    give_up_at, why = None, ""
+    if settings.deadline_s:
+        # The end margin and the least time a test needs to start, as suite.time_too_short_message
+        # counts them: waiting past this, no test could run.
+        least = max(10.0, 0.05 * settings.deadline_s) + max(5.0, 0.05 * settings.deadline_s)
+        give_up_at = RUN.started + settings.deadline_s - least
+        why = (f": too little of this shard's Bazel timeout ({settings.deadline_s:.0f} s) was left to run a test. "
+               f"Free those GPUs, give the tests others (DIST_TESTS_GPUS), or {time_hint()}")
+    try:
+        RUN.gpu_lease = gpu_leases.lease_gpus(settings.world_size, os.environ, give_up_at, why, settings.allow_skip)
+    except gpu_leases.LeaseError as error:
+        die(f"{settings.target}: {error}")
 
 
 def _leave_idle_filtered_shard() -> None:

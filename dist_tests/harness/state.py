@@ -5,6 +5,7 @@ Kept apart from the modules that import torch: configure() fills it before torch
 
 import time
 
+from dist_tests.harness.gpu_leases import Lease
 from dist_tests.harness.known_failures import KnownFailures
 from dist_tests.harness.settings import Settings
 
@@ -16,6 +17,7 @@ class Run:
     filter_text: str = ""  # the --test_filter (or -k) words as given
     selected_total: int = -1  # tests the filter selects across all shards; -1 = no filter
     started: float = time.monotonic()
+    gpu_lease: Lease | None = None  # the GPUs this run holds (GPU targets)
 
 
 RUN = Run()

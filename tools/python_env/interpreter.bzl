@@ -28,9 +28,16 @@ here=$(cd "$(dirname "$0")" && pwd)
 # Logical paths (cd, not realpath): beside this folder in runfiles or in the output base.
 repos=$(cd "$here/.." && pwd)
 device="${{DIST_TESTS_DEVICE:-cpu}}"
+case "$device" in
+  cpu | gpu) ;;
+  *)
+    echo "dist_tests: error: DIST_TESTS_DEVICE='$device': use one of cpu, gpu (a device class of DIST_TEST_MATRIX; unset, cpu)." >&2
+    exit 3
+    ;;
+esac
 packages="$repos/dist_python_$device/site-packages"
 if [ ! -d "$packages" ]; then
-  echo "dist_tests: error: no Python packages for device class '$device' at $packages. A target of that class needs data = [\\"@dist_python_$device//:site_packages\\"] (the matrix macro adds it); by hand, DIST_TESTS_DEVICE must be cpu or gpu." >&2
+  echo "dist_tests: error: no Python packages for device class '$device' at $packages. A target of that class needs data = [\\"@dist_python_$device//:site_packages\\"] (the matrix macro adds it)." >&2
   exit 3
 fi
 PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}$packages"

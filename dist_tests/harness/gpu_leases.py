@@ -1,0 +1,244 @@
+"""GPU leases: a GPU run holds the GPUs its ranks use, so runs that share a host never share one.
+
+Bazel 4.2.3 has no GPU resource, and `exclusive` orders the tests of one Bazel server only.
+So each run takes, before any rank starts, a `flock` on one lock file per GPU in a host-wide
+folder, and shows its ranks only those GPUs (CUDA_VISIBLE_DEVICES). The kernel drops a flock
+when its holder dies, even by SIGKILL: a killed run never leaves a GPU taken.
+
+GPU indices are the driver's (nvidia-smi's, PCI bus order); the ranks get CUDA_DEVICE_ORDER=
+PCI_BUS_ID so CUDA numbers them the same way. Runs no pid namespace or private /tmp can split:
+the folder is /dev/shm/dist_tests_gpu_leases (DIST_TESTS_GPU_LOCK_DIR moves it), which Bazel's
+sandbox may write (.bazelrc) and which a remote worker's private /tmp does not cover.
+"""
+
+import dataclasses
+import errno
+import fcntl
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+
+DEFAULT_LOCK_DIR = "/dev/shm/dist_tests_gpu_leases"
+_DRIVER_GPUS = "/proc/driver/nvidia/gpus"  # one folder per GPU the driver shows, named by PCI address
+_POLL_S = 0.5
+_REMIND_S = 60.0
+
+
+class LeaseError(Exception):
+    """GPUs cannot be leased as configured; the message says what to change."""
+
+
+@dataclasses.dataclass
+class Lease:
+    """GPUs held by this process: each lock stays held until release() or this process's end."""
+
+    gpus: tuple[int, ...]
+    lock_dir: str
+    waited_s: float  # 0 when the GPUs were free at once
+    _fds: list[int]
+
+    def release(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+    def names(self) -> str:
+        return ",".join(map(str, self.gpus))
+
+
+def driver_gpus() -> list[int] | None:
+    """The GPU indices the NVIDIA driver shows (0..N-1), or None on a host without the driver."""
+    try:
+        return list(range(len(os.listdir(_DRIVER_GPUS))))
+    except OSError:
+        return None
+
+
+def parse_indices(name: str, text: str) -> list[int]:
+    """A comma-separated list of distinct GPU indices, as DIST_TESTS_GPUS or CUDA_VISIBLE_DEVICES give it."""
+    words = [word.strip() for word in text.split(",")]
+    if not all(word.isdigit() for word in words):
+        raise LeaseError(f"{name}={text!r} is not a list of GPU indices: give indices as nvidia-smi numbers them, "
+                         "separated by commas, for example 4,5,6,7.")
+    indices = [int(word) for word in words]
+    twice = sorted({i for i in indices if indices.count(i) > 1})
+    if twice:
+        raise LeaseError(f"{name}={text!r} names GPU {', '.join(map(str, twice))} more than once: name each GPU once.")
+    return indices
+
+
+def gpu_pool(env: Mapping[str, str], shown: list[int] | None) -> tuple[list[int], str]:
+    """The GPUs tests may use, and where that choice came from (for messages).
+
+    DIST_TESTS_GPUS when given; else every GPU the driver shows, within the user's own
+    CUDA_VISIBLE_DEVICES. Without a driver (shown is None) DIST_TESTS_GPUS is taken as given:
+    stand-in indices lease like real ones.
+    """
+    named = env.get("DIST_TESTS_GPUS", "").strip()
+    if named:
+        pool = parse_indices("DIST_TESTS_GPUS", named)
+        absent = [i for i in pool if shown is not None and i not in shown]
+        if absent:
+            raise LeaseError(f"DIST_TESTS_GPUS={named!r} names GPU {', '.join(map(str, absent))}, which this host's "
+                             f"driver does not show (it shows {_listing(shown)}): name GPUs of this host.")
+        return pool, f"DIST_TESTS_GPUS={named}"
+    pool = shown or []
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and shown is not None:
+        allowed = parse_indices("CUDA_VISIBLE_DEVICES", visible) if visible.strip() else []
+        pool = [i for i in pool if i in allowed]
+        return pool, f"the driver's GPUs within CUDA_VISIBLE_DEVICES={visible}"
+    return pool, "the GPUs this host's driver shows"
+
+
+def _listing(gpus: list[int]) -> str:
+    return "GPUs " + ",".join(map(str, gpus)) if gpus else "no GPU"
+
+
+def lock_folder(env: Mapping[str, str]) -> str:
+    """The host-wide lock folder, created open to every user (the GPUs are the host's); checked writable."""
+    path = env.get("DIST_TESTS_GPU_LOCK_DIR") or DEFAULT_LOCK_DIR
+    fix = (f"set DIST_TESTS_GPU_LOCK_DIR to a folder that every run on this host can write, and under Bazel "
+           f"make it writable in the sandbox (--sandbox_writable_path=DIR in user.bazelrc)")
+    if not os.path.isabs(path):
+        raise LeaseError(f"DIST_TESTS_GPU_LOCK_DIR={path!r} is not an absolute path: {fix}.")
+    try:
+        os.mkdir(path)
+        os.chmod(path, 0o1777)  # sticky and open: every user's runs lease from one folder
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise LeaseError(f"the GPU lock folder {path} cannot be created ({error.strerror}): {fix}.") from None
+    probe = os.path.join(path, f".write-probe-{os.getpid()}")
+    try:  # a real write: permission bits say nothing for root or read-only mounts
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as error:
+        raise LeaseError(f"the GPU lock folder {path} is not writable ({error.strerror}): {fix}.") from None
+    return path
+
+
+def _lock_path(lock_dir: str, gpu: int) -> str:
+    return os.path.join(lock_dir, f"gpu{gpu}.lock")
+
+
+def _open_lock(path: str) -> int:
+    """Opens (or creates, open to every user) one GPU's lock file."""
+    while True:
+        try:
+            return os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            os.fchmod(fd, 0o666)  # past the umask: another user's run must be able to open it too
+            return fd
+        except FileExistsError:
+            continue  # another run created it in between: open that one
+
+
+def holder(path: str) -> str:
+    """Who holds a lock, as its holder wrote it; stale text once it is free."""
+    try:
+        with open(path) as f:
+            return f.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _try_take(pool: list[int], count: int, lock_dir: str) -> tuple[list[tuple[int, int]] | None, list[int]]:
+    """Locks `count` free GPUs of the pool, or none (a partial set is released, so waiters never
+    deadlock); returns the locks taken and the GPUs found held."""
+    taken: list[tuple[int, int]] = []
+    busy: list[int] = []
+    for gpu in pool:
+        fd = _open_lock(_lock_path(lock_dir, gpu))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            busy.append(gpu)
+            continue
+        taken.append((gpu, fd))
+        if len(taken) == count:
+            return taken, busy
+    for _, fd in taken:
+        os.close(fd)
+    return None, busy
+
+
+def acquire(pool: list[int], count: int, lock_dir: str, me: str, give_up_at: float | None,
+            say: Callable[[str], None], why_give_up: str = "") -> Lease:
+    """Waits until `count` GPUs of the pool are free and locks them; raises LeaseError at give_up_at."""
+    started = time.monotonic()
+    last_busy: dict[int, str] | None = None
+    last_said = 0.0
+    while True:
+        taken, held = _try_take(pool, count, lock_dir)
+        if taken is not None:
+            for _, fd in taken:  # the holder's record, for runs that wait on these GPUs
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{me}\n".encode(), 0)
+            waited_s = 0.0 if last_busy is None else time.monotonic() - started
+            return Lease(tuple(gpu for gpu, _ in taken), lock_dir, waited_s, [fd for _, fd in taken])
+        now = time.monotonic()
+        busy = {gpu: holder(_lock_path(lock_dir, gpu)) for gpu in held}
+        if give_up_at is not None and now >= give_up_at:
+            raise LeaseError(f"waited {now - started:.0f} s for {count} free GPUs of {_listing(pool)} and gave up"
+                             f"{why_give_up}; still held: {_holders(busy)}")
+        if busy != last_busy or now - last_said >= _REMIND_S:
+            say(f"waiting for {count} free GPUs of {_listing(pool)} ({len(pool) - len(busy)} free) "
+                f"in {lock_dir}, after {now - started:.0f} s; held: {_holders(busy)}")
+            last_busy, last_said = busy, now
+        time.sleep(_POLL_S)
+
+
+def _holders(busy: dict[int, str]) -> str:
+    return "; ".join(f"GPU {gpu} by {who}" for gpu, who in sorted(busy.items())) or "none (they were just freed)"
+
+
+def describe_me(env: Mapping[str, str]) -> str:
+    """This run, as a waiting run sees it in a lock file."""
+    target = env.get("TEST_TARGET") or f"{env.get('BACKEND', '?')}_{env.get('WORLD_SIZE', '?')} by hand"
+    shard = ""
+    if env.get("TEST_TOTAL_SHARDS"):
+        shard = f" shard {int(env.get('TEST_SHARD_INDEX', '0')) + 1} of {env['TEST_TOTAL_SHARDS']}"
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"{target}{shard}, pid {os.getpid()} on {socket.gethostname()}, uid {os.getuid()}, since {since}"
+
+
+def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None, why_give_up: str,
+               allow_skip: bool) -> Lease | None:
+    """Leases world_size GPUs for a run and shows its ranks only those; None when the pool is too small.
+
+    A pool smaller than the ranks is the missing-hardware case that the run reports (or skips)
+    after torch loads; only a DIST_TESTS_GPUS too short for the ranks is an error here.
+    """
+    def say(message: str) -> None:
+        print(f"dist_tests: {message}", file=sys.stderr, flush=True)
+
+    shown = driver_gpus()
+    if shown is None and not env.get("DIST_TESTS_GPUS", "").strip():
+        # No driver to ask (no GPU here, or one this check cannot see): the ranks see what they see.
+        say(f"no NVIDIA driver shows GPUs here ({_DRIVER_GPUS}), so none were leased; "
+            "DIST_TESTS_GPUS names GPUs to lease")
+        return None
+    pool, source = gpu_pool(env, shown)
+    if len(pool) < world_size:
+        if env.get("DIST_TESTS_GPUS", "").strip() and not allow_skip:
+            raise LeaseError(f"WORLD_SIZE={world_size} needs {world_size} GPUs, and {source} names {len(pool)}: "
+                             f"name at least {world_size}.")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, pool))
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        return None
+    folder = lock_folder(env)
+    lease = acquire(pool, world_size, folder, describe_me(env), give_up_at, say, why_give_up)
+    os.environ["CUDA_VISIBLE_DEVICES"] = lease.names()
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    waited = f" after waiting {lease.waited_s:.1f} s" if lease.waited_s else ""
+    say(f"leased GPUs {lease.names()} of {_listing(pool)} ({source}){waited}; locks in {folder}")
+    return lease
