@@ -3,11 +3,15 @@
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from conftest import ROOT
 from test_remote_cache import copy_workspace
+
+sys.path.insert(0, str(ROOT / "tools" / "python_env"))
+import install_lock  # noqa: E402
 
 INSTALL_LOCK = ROOT / "tools" / "python_env" / "install_lock.py"
 # The host's interpreter, as the package rules run it (it has pip; the environment's copy has not).
@@ -18,10 +22,7 @@ HOST_PYTHON = shutil.which("python3")
 def uv(tmp_path_factory) -> str:
     """The locked installer, installed as the package rules install it (pip, hash-checked)."""
     into = tmp_path_factory.mktemp("installer")
-    subprocess.run([HOST_PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--only-binary=:all:", "--require-hashes", "--target", str(into),
-                    "--requirement", str(ROOT / "third_party/python/installer_lock.txt")], check=True)
-    return str(into / "bin" / "uv")
+    return install_lock.install_uv(HOST_PYTHON, str(into), str(ROOT / "third_party/python/installer_lock.txt"))
 
 
 def install(uv: str, tmp_path: pathlib.Path, pin: str) -> subprocess.CompletedProcess:

@@ -24,6 +24,14 @@ DEFAULT_INDEX = "https://pypi.org/simple"
 INDEX_OPTIONS = {"--index-url", "-i", "--extra-index-url", "--find-links", "-f", "--no-index"}
 
 
+def install_uv(python: str, into: str, installer_lock: str) -> str:
+    """Installs uv, pinned by hash in installer_lock.txt, with pip (pip's own sources); returns its path."""
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "--only-binary=:all:", "--require-hashes", "--target", into, "--requirement", installer_lock],
+                   check=True)
+    return os.path.join(into, "bin", "uv")
+
+
 def pip_config(python: str) -> dict[str, str]:
     """pip's effective settings by name (index-url, find-links, ...): PIP_* variables win, then install., then global."""
     out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
