@@ -251,7 +251,7 @@ def test_matrix_gpu_target_leases_before_its_hardware_check(leases):
     assert run.returncode == 0, run.output[-3000:]
     log = shard_log(target, 1)
     assert "dist_tests: leased GPUs 2,3 of GPUs 2,3 (DIST_TESTS_GPUS=2,3)" in log
-    assert "skipped, 0 known failures, 0 did not run, on leased GPUs 2,3" in log
+    assert "skipped, 0 known failures, 0 did not run, 0 flaky, on leased GPUs 2,3" in log
     assert "0 passed, 0 failed, 1 skipped" in log  # then the hardware check skipped it, as without leases
 
 

@@ -24,6 +24,7 @@ FAILED_SHARD = """<?xml version="1.0"?>
 <testsuites tests="2" time="2.0"><testsuite name="T" tests="2" time="2.0">
 <testcase name="test_d" status="run" result="completed" time="1" classname="T"></testcase>
 <testcase name="test_e" status="run" result="completed" time="1" classname="T"><error message="rank 1 was killed by SIGKILL" type="RuntimeError"><![CDATA[trace]]></error></testcase>
+<testcase name="test_f" status="run" result="completed" time="2" classname="T"><flakyError message="attempt 1: rank 0 raised an exception" type="RuntimeError"><stackTrace><![CDATA[trace]]></stackTrace></flakyError></testcase>
 </testsuite></testsuites>"""
 
 
@@ -87,25 +88,27 @@ def run_report(python, events, out, check=True):
 
 
 def row(table: str, target: str) -> tuple[list[int], str]:
-    """A target's counts (passed, skipped, known, failed, did not run, timed out) and its status and runs."""
+    """A target's counts (passed, flaky, skipped, known, failed, did not run, timed out) and its status and runs."""
     words = next(line.split() for line in table.splitlines() if line.startswith(target + " "))
-    return [int(w) for w in words[3:9]], " ".join(words[10:])
+    return [int(w) for w in words[3:10]], " ".join(words[11:])
 
 
 def test_synthetic_edge_cases(python, synthetic_events, tmp_path):
     table = run_report(python, synthetic_events, tmp_path / "out").stdout
     assert "results of `bazel test //dist_tests:all --config=ci`" in table
-    assert row(table, "gloo_2") == ([2, 2, 0, 1, 0, 0], "failed 1 run: failed")  # stale folders not counted
+    assert row(table, "gloo_2") == ([3, 1, 2, 0, 1, 0, 0], "failed 1 run: failed")  # stale folders not counted
     assert row(table, "gloo_3")[1].startswith("error") and "malformed XML" in table
     assert row(table, "gloo_4")[1].startswith("failed") and "test.xml missing" in table
-    assert row(table, "nccl_2") == ([1, 2, 0, 0, 0, 1], "timed out 1 run: timed out")
-    assert row(table, "nccl_4") == ([1, 2, 0, 0, 0, 0], "flaky 1 run: flaky")  # the retry's results only
+    assert row(table, "nccl_2") == ([1, 0, 2, 0, 0, 0, 1], "timed out 1 run: timed out")
+    assert row(table, "nccl_4") == ([1, 0, 2, 0, 0, 0, 0], "flaky 1 run: flaky")  # the retry's results only
     assert row(table, "ucc_2")[1] == "not in the last invocation -"
     md = (tmp_path / "out/report.md").read_text()
     assert "tools/bazel test //dist_tests:gloo_2 --test_filter=test_e" in md
     assert "| 6 | Need at least 2 CUDA devices |" in md
+    assert "`//dist_tests:gloo_2` `test_f`: first attempt 1: rank 0 raised an exception" in md
     page = (tmp_path / "out/report.html").read_text()
     assert "rank 1 was killed by SIGKILL" in page and "class='failed'" in page and "class='not-run'" in page
+    assert "1 flaky" in page and "attempt 1: rank 0 raised an exception" in page
 
 
 def test_results_newer_than_the_events_make_the_report_fail(python, synthetic_events, tmp_path):
@@ -121,8 +124,8 @@ def test_the_report_describes_the_latest_invocation_only(tmp_path):
     assert run.returncode == 0, run.output
     report = bazel("run", "//tools:report", "--", f"--out={tmp_path / 'first'}")
     assert report.returncode == 0, report.output
-    assert row(report.output, "gloo_2") == ([3, 0, 0, 0, 0, 0], "passed 3 runs: 3 passed")
-    assert row(report.output, "gloo_3") == ([3, 0, 0, 0, 0, 0], "passed 3 runs: 3 passed")
+    assert row(report.output, "gloo_2") == ([3, 0, 0, 0, 0, 0, 0], "passed 3 runs: 3 passed")
+    assert row(report.output, "gloo_3") == ([3, 0, 0, 0, 0, 0, 0], "passed 3 runs: 3 passed")
 
     run = bazel("test", "//dist_tests:gloo_2", "--test_filter=test_all_reduce_sum test_all_reduce_sum_cuda test_broadcast",
                 "--test_env=DIST_TESTS_ALLOW_SKIP=1", "--nocache_test_results")
@@ -130,7 +133,7 @@ def test_the_report_describes_the_latest_invocation_only(tmp_path):
     out = tmp_path / "second"
     report = bazel("run", "//tools:report", "--", f"--out={out}")
     assert report.returncode == 0, report.output
-    assert row(report.output, "gloo_2") == ([2, 1, 0, 0, 0, 0], "passed 1 run: passed")
+    assert row(report.output, "gloo_2") == ([2, 0, 1, 0, 0, 0, 0], "passed 1 run: passed")
     assert row(report.output, "gloo_3")[1] == "not in the last invocation -"
     assert (out / "report.html").exists() and (out / "report.md").exists()
 

@@ -6,7 +6,8 @@
 Reads the latest invocation's build events (bazel-test-events.json, which .bazelrc makes
 every `bazel test` write; see tools/testlogs.py) and only the test.xml files they name.
 Prints a table (backend x world size: status as Bazel gave it, FLAKY included, runs, passed,
-skipped, known failures, failed, did not run, timed out, time), and writes `report.md` and a
+flaky tests among them (passed only on a DIST_TESTS_RERUNS rerun), skipped, known failures,
+failed, did not run, timed out, time), and writes `report.md` and a
 self-contained `report.html` (a colour grid of the matrix, each failing test with its
 message and repro command, skip reasons with counts) into DIR, by default
 `dist_tests_report/` in the workspace. Targets the invocation did not test show as such; a
@@ -60,6 +61,7 @@ class TargetResult:
     status: str = testlogs.NOT_IN_INVOCATION
     runs: str = "-"  # for example "3 runs: 3 passed"
     passed: int = 0
+    flaky: int = 0  # tests among the passed that passed only on a rerun (DIST_TESTS_RERUNS)
     skipped: int = 0
     known: int = 0  # known failures (dist_tests/known_failures), apart from skips
     failed: int = 0
@@ -68,6 +70,7 @@ class TargetResult:
     seconds: float = 0.0
     shards: int = 0
     failures: list[Failure] = dataclasses.field(default_factory=list)
+    flaky_tests: list[Failure] = dataclasses.field(default_factory=list)  # with their first attempt's cause
     skip_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     problems: list[str] = dataclasses.field(default_factory=list)
 
@@ -99,6 +102,10 @@ def _count(result: TargetResult, attempt: testlogs.Attempt) -> None:
         if case.outcome == "failed":
             result.failed += 1
             result.failures.append(Failure(case.name, case.message))
+        elif case.outcome == "flaky":
+            result.passed += 1
+            result.flaky += 1
+            result.flaky_tests.append(Failure(case.name, case.message))
         elif case.outcome == "not run":
             result.not_run += 1
         elif case.outcome == "known failure":
@@ -130,11 +137,11 @@ def read_target(invocation: testlogs.Invocation, name: str) -> TargetResult:
     return result
 
 
-_COUNTS = ("passed", "skipped", "known", "failed", "not run", "timed out")
+_COUNTS = ("passed", "flaky", "skipped", "known", "failed", "not run", "timed out")
 
 
 def _counts(r: TargetResult) -> list[int]:
-    return [r.passed, r.skipped, r.known, r.failed, r.not_run, r.timed_out]
+    return [r.passed, r.flaky, r.skipped, r.known, r.failed, r.not_run, r.timed_out]
 
 
 def terminal_table(results: list[TargetResult], invocation: testlogs.Invocation | None) -> str:
@@ -173,6 +180,10 @@ def markdown(results: list[TargetResult], invocation: testlogs.Invocation | None
         for r, f in failures:
             first = f.message.strip().splitlines()[0] if f.message.strip() else "(no message)"
             out.append(f"- `{r.label}` `{f.test}`: {first}  \n  `{r.repro(f.test)}`")
+    flaky = [(r, f) for r in results for f in r.flaky_tests]
+    if flaky:
+        out += ["", "## Flaky: passed only on a rerun", ""]
+        out += [f"- `{r.label}` `{f.test}`: first {f.message or '(no message)'}" for r, f in flaky]
     problems = [(r, p) for r in results for p in r.problems]
     if problems:
         out += ["", "## Unreadable results", ""] + [f"- `{r.label}`: {p}" for r, p in problems]
@@ -219,8 +230,8 @@ def html_page(results: list[TargetResult], invocation: testlogs.Invocation | Non
                 cells.append("<td class='absent'>not in the matrix</td>")
                 continue
             css = "not-run" if not r.ran else r.status.replace(" ", "-")
-            extra = "".join(f", {n} {word}" for n, word in ((r.known, "known failures"), (r.not_run, "did not run"),
-                                                            (r.timed_out, "timed out")) if n)
+            extra = "".join(f", {n} {word}" for n, word in ((r.flaky, "flaky"), (r.known, "known failures"),
+                                                            (r.not_run, "did not run"), (r.timed_out, "timed out")) if n)
             counts = "" if not r.ran else (
                 f"<div class='counts'>{esc(r.runs)}<br>{r.passed} passed, {r.skipped} skipped, {r.failed} failed"
                 f"{extra}<br>{r.seconds:.1f} s, {r.shards} shard(s)</div>")
@@ -235,6 +246,10 @@ def html_page(results: list[TargetResult], invocation: testlogs.Invocation | Non
                         f"<p>Rerun alone: <code>{esc(r.repro(f.test))}</code></p><pre>{esc(f.message)}</pre>")
     else:
         body.append("<p>None.</p>")
+    flaky = [(r, f) for r in results for f in r.flaky_tests]
+    if flaky:
+        body.append(f"<h2>Flaky: passed only on a rerun ({len(flaky)})</h2><ul>" + "".join(
+            f"<li><code>{esc(r.label)}</code> {esc(f.test)}: first {esc(f.message)}</li>" for r, f in flaky) + "</ul>")
     problems = [(r, p) for r in results for p in r.problems]
     if problems:
         body.append("<h2>Unreadable results</h2><ul>" + "".join(f"<li><code>{esc(r.label)}</code>: {esc(p)}</li>" for r, p in problems) + "</ul>")

@@ -34,7 +34,7 @@ class EventsError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    outcome: str  # passed, failed, skipped, known failure, not run
+    outcome: str  # passed, flaky (passed on a rerun, DIST_TESTS_RERUNS), failed, skipped, known failure, not run
     message: str
 
 
@@ -224,9 +224,11 @@ def read_cases(xml_path: pathlib.Path) -> list[Case]:
             if child.tag in ("failure", "error"):
                 outcome = "not run" if text.startswith(NOT_RUN_PREFIX) else "failed"
                 message = text
-            elif child.tag == "skipped" and outcome == "passed":
+            elif child.tag == "skipped" and outcome in ("passed", "flaky"):
                 outcome = "known failure" if text.startswith(KNOWN_FAILURE_PREFIX) else "skipped"
                 message = text
+            elif child.tag in ("flakyFailure", "flakyError") and outcome == "passed":
+                outcome, message = "flaky", text  # the harness writes these only for a test that passed in the end
         if outcome == "passed" and case.get("status") == "notrun":
             outcome = "skipped"
         cases.append(Case(case.get("name", "?"), outcome, message))

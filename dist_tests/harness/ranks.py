@@ -10,6 +10,7 @@ spawned one does: atexit handlers run and Python's and C's stdio buffers are flu
 
 import atexit
 import ctypes
+import dataclasses
 import fnmatch
 import os
 import shutil
@@ -21,6 +22,8 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dist_tests.harness.state import ATTEMPT_VARIABLE
+
 # Collectives a fault is injected into: the first one a test calls in the chosen rank.
 _FAULT_COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "reduce", "gather", "scatter", "barrier", "all_to_all", "reduce_scatter")
 FAULT_KINDS = ("kill", "raise", "hang")
@@ -30,15 +33,37 @@ class FaultSpecError(ValueError):
     """DIST_TESTS_FAULT is malformed."""
 
 
-def parse_fault(spec: str) -> tuple[str, int, str]:
-    """Parses DIST_TESTS_FAULT=KIND:RANK[:TEST_GLOB], for example 'kill:1:test_all_reduce_sum'."""
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """DIST_TESTS_FAULT: which rank fails how, in which tests, on which attempts (None: every attempt)."""
+
+    kind: str
+    rank: int
+    test_glob: str = "*"
+    attempts: frozenset[int] | None = None
+
+    def applies(self, rank: int, test_name: str, attempt: int) -> bool:
+        return (rank == self.rank and fnmatch.fnmatchcase(test_name, self.test_glob)
+                and (self.attempts is None or attempt in self.attempts))
+
+
+def parse_fault(spec: str) -> Fault:
+    """Parses DIST_TESTS_FAULT=KIND:RANK[:TEST_GLOB[:ATTEMPTS]], for example 'kill:1:test_all_reduce_sum:1'.
+
+    ATTEMPTS is a comma-separated list of attempt numbers (DIST_TESTS_RERUNS): a fault on
+    attempt 1 only makes a test that passes on its rerun.
+    """
     parts = spec.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in FAULT_KINDS or not parts[1].isdigit():
+    attempts = parts[3].split(",") if len(parts) == 4 else []
+    if (len(parts) not in (2, 3, 4) or parts[0] not in FAULT_KINDS or not parts[1].isdigit()
+            or not all(a.isdigit() and int(a) >= 1 for a in attempts)):
         raise FaultSpecError(
-            f"DIST_TESTS_FAULT={spec!r} is malformed: use KIND:RANK[:TEST_GLOB] with KIND one of {', '.join(FAULT_KINDS)}, "
-            "for example kill:1:test_all_reduce_sum."
+            f"DIST_TESTS_FAULT={spec!r} is malformed: use KIND:RANK[:TEST_GLOB[:ATTEMPTS]] with KIND one of "
+            f"{', '.join(FAULT_KINDS)} and ATTEMPTS attempt numbers from 1, comma-separated, "
+            "for example kill:1:test_all_reduce_sum or raise:0:test_broadcast:1."
         )
-    return parts[0], int(parts[1]), parts[2] if len(parts) == 3 else "*"
+    glob = parts[2] if len(parts) >= 3 and parts[2] else "*"
+    return Fault(parts[0], int(parts[1]), glob, frozenset(int(a) for a in attempts) if attempts else None)
 
 
 def _inject_fault(kind: str, rank: int) -> None:
@@ -117,9 +142,9 @@ def _run_target(target: Callable[..., None], args: tuple, kwargs: dict) -> None:
     rank, test_name = args[0], args[1]
     spec = os.environ.get("DIST_TESTS_FAULT")
     if spec:
-        kind, fault_rank, pattern = parse_fault(spec)
-        if rank == fault_rank and fnmatch.fnmatchcase(test_name, pattern):
-            _inject_fault(kind, rank)
+        fault = parse_fault(spec)
+        if fault.applies(rank, test_name, int(os.environ.get(ATTEMPT_VARIABLE, "1"))):
+            _inject_fault(fault.kind, rank)
     outputs = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR")
     if os.environ.get("DIST_TESTS_TIMING") != "1" or not outputs:
         target(*args, **kwargs)

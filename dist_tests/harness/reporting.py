@@ -7,7 +7,10 @@ This adds what the spawn suite needs on top:
 - a run in which no selected test ran, or every one was skipped, fails unless skipping
   was asked for (DIST_TESTS_ALLOW_SKIP=1);
 - a run in which a test did not start for lack of time fails, saying how many and what to raise;
-- a closing line with the counts, known failures and tests that did not run apart from skips.
+- a closing line with the counts, known failures, tests that did not run apart from skips,
+  and tests that passed only on a rerun (flaky, see reruns.py);
+- a rerun test's failed attempts in its testcase, as `flakyFailure`/`flakyError` when it
+  passed in the end and `rerunFailure`/`rerunError` for attempts 2..N when it never did.
 """
 
 import collections
@@ -29,12 +32,26 @@ def repro_command(test_name: str) -> str:
     return f"tools/bazel test {_target()} --test_filter={test_name}"
 
 
+def _attempt_element(element: str, attempt: Any) -> str:
+    message = xml_reporter._escape_xml_attr(f"attempt {attempt.number}: {attempt.cause}")
+    kind = xml_reporter._escape_xml_attr(attempt.exception_type)
+    return (f'  <{element} message="{message}" type="{kind}">'
+            f"<stackTrace><![CDATA[{xml_reporter._escape_cdata(attempt.text)}]]></stackTrace></{element}>\n")
+
+
 class _CaseResult(xml_reporter._TestCaseResult):
     def _print_testcase_details(self, stream: Any) -> None:
         super()._print_testcase_details(stream)
         if self.skip_reason is not None and not self.errors:
             reason = xml_reporter._escape_xml_attr(str(self.skip_reason))
             stream.write(f'  <skipped message="{reason}"></skipped>\n')
+        attempts = getattr(self.test, "dist_failed_attempts", [])
+        if getattr(self.test, "dist_flaky", False):
+            for attempt in attempts:
+                stream.write(_attempt_element("flakyFailure" if attempt.kind == "failure" else "flakyError", attempt))
+        else:
+            for attempt in attempts[1:]:  # the first attempt is the testcase's own failure
+                stream.write(_attempt_element("rerunFailure" if attempt.kind == "failure" else "rerunError", attempt))
 
 
 class _RunSummary(unittest.TestCase):
@@ -60,6 +77,7 @@ class _Result(xml_reporter._TextAndXMLTestResult):
         self._not_run: list[str] = []  # did not start for lack of time
         self._summaries = 0  # errors that stand for the run as a whole
         self._known = 0
+        self._flaky: list[str] = []  # passed only on a rerun
 
     def _note_failure(self, test: Any, err: Any) -> None:
         name = getattr(test, "_testMethodName", None)
@@ -75,6 +93,11 @@ class _Result(xml_reporter._TextAndXMLTestResult):
         super().addSkip(test, reason)
         if reason.startswith(KNOWN_FAILURE_PREFIX):
             self._known += 1
+
+    def addSuccess(self, test: Any) -> None:
+        super().addSuccess(test)
+        if getattr(test, "dist_flaky", False):
+            self._flaky.append(test._testMethodName)
 
     def addFailure(self, test: Any, err: Any) -> None:
         super().addFailure(test, err)
@@ -129,8 +152,10 @@ class _Result(xml_reporter._TextAndXMLTestResult):
             self.stream.writeln("To rerun a failed test alone:")
             for name in self._failed_names:
                 self.stream.writeln(f"  {repro_command(name)}")
+        if self._flaky:
+            self.stream.writeln(f"Flaky, passed only on a rerun: {', '.join(self._flaky)}")
         self.stream.writeln(f"{_target()}: {passed} passed, {failed} failed, {len(self.skipped) - self._known} skipped, "
-                            f"{self._known} known failures, {len(self._not_run)} did not run"
+                            f"{self._known} known failures, {len(self._not_run)} did not run, {len(self._flaky)} flaky"
                             + (f", on leased GPUs {RUN.gpu_lease.names()}" if RUN.gpu_lease else ""))
 
 

@@ -30,6 +30,9 @@ def default_start_method(uses_gpu: bool) -> str:
 # Exit code for a run that could not start: bad settings or missing hardware.
 SETUP_ERROR_EXIT_CODE = 3
 
+# Most reruns of a failing test (DIST_TESTS_RERUNS): beyond a few, a failure is no longer flakiness.
+MAX_RERUNS = 5
+
 
 class SettingsError(Exception):
     """A setting is missing or wrong; the message says which and how to fix it."""
@@ -49,6 +52,7 @@ class Settings:
     per_test_timeout_s: int | None
     rank_threads: int  # intra-op threads per rank: a fair share of the cores the target reserved
     line_env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the matrix line's `env`
+    reruns: int = 0  # times a failing test is rerun in fresh ranks (DIST_TESTS_RERUNS)
 
     @property
     def uses_gpu(self) -> bool:
@@ -125,6 +129,16 @@ def _positive_int(env: Mapping[str, str], name: str) -> int | None:
     return int(value)
 
 
+def _reruns(env: Mapping[str, str]) -> int:
+    value = env.get("DIST_TESTS_RERUNS", "").strip()
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) > MAX_RERUNS:
+        raise SettingsError(f"DIST_TESTS_RERUNS={value!r} must be an integer from 0 to {MAX_RERUNS}: the times a failing "
+                            "test is rerun in fresh ranks (for example --test_env=DIST_TESTS_RERUNS=1).")
+    return int(value)
+
+
 def reserved_cpus(env: Mapping[str, str]) -> int:
     """The cores this run may use: DIST_TESTS_CPUS (a CPU target's `cpu:N` tag), else this process's."""
     value = env.get("DIST_TESTS_CPUS", "")
@@ -186,5 +200,6 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         per_test_timeout_s=per_test,
         rank_threads=max(1, reserved_cpus(env) // world_size),
         line_env=line.get("env", {}),
+        reruns=_reruns(env),
     )
 

@@ -26,9 +26,9 @@ from torch.testing._internal import common_distributed, common_utils
 from torch.testing._internal.common_distributed import MultiProcessTestCase
 from torch.testing._internal.distributed import distributed_test
 
-from dist_tests.harness import ranks
+from dist_tests.harness import ranks, reruns
 from dist_tests.harness.settings import SETUP_ERROR_EXIT_CODE
-from dist_tests.harness.state import KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, RUN, time_hint
+from dist_tests.harness.state import ATTEMPT_VARIABLE, KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, RUN, time_hint
 
 _LOG_TAIL_LINES = 40
 _FORKSERVER_PRELOAD = [
@@ -190,6 +190,14 @@ class SpawnHarness:
     _dist_cause: str | None = None
     _dist_abnormal: bool = False
 
+    def run(self, result: Any = None) -> Any:
+        """unittest's run, repeated in fresh ranks while the test fails, up to DIST_TESTS_RERUNS more times."""
+        count = RUN.settings.reruns if RUN.settings else 0
+        if not count or result is None:
+            return super().run(result)  # type: ignore[misc]
+        reruns.run_attempts(self, result, super().run, count)  # type: ignore[misc]
+        return result
+
     def setUp(self) -> None:
         if RUN.skip_all_reason:
             raise unittest.SkipTest(RUN.skip_all_reason)
@@ -217,8 +225,12 @@ class SpawnHarness:
         if log_dir:
             shutil.rmtree(log_dir, ignore_errors=True)
 
+        # A rerun's logs are named apart: a failed attempt's are kept beside them in the outputs.
+        attempt = int(os.environ.get(ATTEMPT_VARIABLE, "1"))
+        suffix = f".attempt{attempt}" if attempt > 1 else ""
+
         def start_rank(target: Any, name: str, args: tuple, kwargs: dict) -> Any:
-            log_path = os.path.join(log_dir, f"rank{args[0]}.log") if log_dir else None
+            log_path = os.path.join(log_dir, f"rank{args[0]}{suffix}.log") if log_dir else None
             forked = method == "forkserver"
             return context.Process(target=ranks.run_rank, name=name,
                                    args=(target, dict(os.environ), log_path, forked, args, kwargs))
