@@ -19,7 +19,7 @@ def run(fault: str, reruns: int = 1):
     )
 
 
-def testcase(name: str) -> ET.Element:
+def xml_testcase(name: str) -> ET.Element:
     [attempt] = results(TARGET).final_attempts()
     return next(c for c in ET.parse(attempt.xml).getroot().iter("testcase") if c.get("name") == name)
 
@@ -37,7 +37,7 @@ def test_a_test_that_fails_only_on_its_first_attempt_passes_reported_flaky(pytho
     assert cases["test_broadcast"].outcome == "passed"
     assert cases["test_all_reduce_sum"].outcome == "flaky"
     # Its testcase passed, and keeps the first attempt as the JUnit flaky element, with the cause.
-    case = testcase("test_all_reduce_sum")
+    case = xml_testcase("test_all_reduce_sum")
     assert [child.tag for child in case] == ["flakyError"]
     # The first line of the harness's cause (rank 0 may be named too: its peer left it).
     assert case[0].get("message").startswith("attempt 1: ") and "rank 1 raised an exception" in case[0].get("message")
@@ -67,7 +67,7 @@ def test_a_test_that_fails_every_attempt_fails_with_each_cause():
     assert lines[0] == "failed all 3 attempts:", failed.message
     for number, line in enumerate(lines[1:4], start=1):
         assert line.startswith(f"  attempt {number}: rank 1 was killed by SIGKILL"), failed.message
-    case = testcase("test_all_reduce_sum")
+    case = xml_testcase("test_all_reduce_sum")
     assert [child.tag for child in case] == ["error", "rerunError", "rerunError"]
     for number, child in enumerate(case[1:], start=2):
         assert child.get("message").startswith(f"attempt {number}: rank 1 was killed by SIGKILL")
@@ -81,4 +81,4 @@ def test_without_reruns_a_fault_on_the_first_attempt_fails_the_test():
     assert outcome.returncode != 0
     failed = {c.name: c for c in all_cases(TARGET)}["test_all_reduce_sum"]
     assert failed.outcome == "failed" and not failed.message.startswith("failed all")
-    assert [child.tag for child in testcase("test_all_reduce_sum")] == ["error"]
+    assert [child.tag for child in xml_testcase("test_all_reduce_sum")] == ["error"]
