@@ -11,7 +11,9 @@ import pytest
 
 from conftest import ROOT, bazel, results
 
-MATRIX = "gloo_2,gloo_3,gloo_4,nccl_2,nccl_4,ucc_2"
+# As tools/BUILD.bazel passes it, with gloo on both device classes; ucc_2 by its name alone.
+MATRIX = ("gloo_2:gloo:2:cpu,gloo_3:gloo:3:cpu,gloo_4:gloo:4:cpu,gloo_gpu_2:gloo:2:gpu,"
+          "nccl_2:nccl:2:gpu,nccl_4:nccl:4:gpu,ucc_2")
 
 PASSED_SHARD = """<?xml version="1.0"?>
 <testsuites tests="3" time="4.5"><testsuite name="T" tests="3" time="4.5">
@@ -90,7 +92,7 @@ def run_report(python, events, out, check=True):
 def row(table: str, target: str) -> tuple[list[int], str]:
     """A target's counts (passed, flaky, skipped, known, failed, did not run, timed out) and its status and runs."""
     words = next(line.split() for line in table.splitlines() if line.startswith(target + " "))
-    return [int(w) for w in words[3:10]], " ".join(words[11:])
+    return [int(w) for w in words[4:11]], " ".join(words[12:])
 
 
 def test_synthetic_edge_cases(python, synthetic_events, tmp_path):
@@ -102,6 +104,8 @@ def test_synthetic_edge_cases(python, synthetic_events, tmp_path):
     assert row(table, "nccl_2") == ([1, 0, 2, 0, 0, 0, 1], "timed out 1 run: timed out")
     assert row(table, "nccl_4") == ([1, 0, 2, 0, 0, 0, 0], "flaky 1 run: flaky")  # the retry's results only
     assert row(table, "ucc_2")[1] == "not in the last invocation -"
+    gloo_gpu = next(line.split() for line in table.splitlines() if line.startswith("gloo_gpu_2 "))
+    assert gloo_gpu[1:4] == ["gloo", "gpu", "2"]  # gloo's GPU line is gloo on 2 ranks, not a backend of its own
     md = (tmp_path / "out/report.md").read_text()
     assert "tools/bazel test //dist_tests:gloo_2 --test_filter=test_e" in md
     assert "| 6 | Need at least 2 CUDA devices |" in md
@@ -109,6 +113,7 @@ def test_synthetic_edge_cases(python, synthetic_events, tmp_path):
     page = (tmp_path / "out/report.html").read_text()
     assert "rank 1 was killed by SIGKILL" in page and "class='failed'" in page and "class='not-run'" in page
     assert "1 flaky" in page and "attempt 1: rank 0 raised an exception" in page
+    assert "<th>gloo (cpu)</th>" in page and "<th>gloo (gpu)</th>" in page and "<th>gloo_gpu</th>" not in page
 
 
 def test_results_newer_than_the_events_make_the_report_fail(python, synthetic_events, tmp_path):

@@ -48,6 +48,17 @@ def dist_test_name(cell):
     """
     return getattr(cell, "name", "%s_%d" % (cell.backend, cell.world_size))
 
+def dist_test_report_matrix():
+    """The matrix as tools/report.py reads it: one NAME:BACKEND:WORLD_SIZE:DEVICE per line.
+
+    Returns:
+      The lines, comma-separated, for example "gloo_2:gloo:2:cpu,gloo_gpu_2:gloo:2:gpu".
+    """
+    return ",".join([
+        "%s:%s:%d:%s" % (dist_test_name(c), c.backend, c.world_size, c.device)
+        for c in DIST_TEST_MATRIX
+    ])
+
 def dist_test_tags(backend, world_size, device):
     """The tags of one matrix cell: its backend, its world size, and how Bazel must schedule it.
 

@@ -5,7 +5,7 @@
 
 Reads the latest invocation's build events (bazel-test-events.json, which .bazelrc makes
 every `bazel test` write; see tools/testlogs.py) and only the test.xml files they name.
-Prints a table (backend x world size: status as Bazel gave it, FLAKY included, runs, passed,
+Prints a table (one line per target: its backend, world size and device class, status as Bazel gave it, FLAKY included, runs, passed,
 flaky tests among them (passed only on a DIST_TESTS_RERUNS rerun), skipped, known failures,
 failed, did not run, timed out, time), and writes `report.md` and a
 self-contained `report.html` (a colour grid of the matrix, each failing test with its
@@ -53,11 +53,35 @@ class Failure:
     message: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One line of the matrix as the report names it (tools/BUILD.bazel passes them all)."""
+
+    name: str
+    backend: str
+    world_size: int
+    device: str  # "cpu", "gpu", or "-" when only the name was given
+
+
+def parse_matrix(text: str) -> list[Cell]:
+    """`NAME:BACKEND:WORLD_SIZE:DEVICE,...`; a bare NAME is read as BACKEND_WORLDSIZE."""
+    cells = []
+    for item in filter(None, text.split(",")):
+        fields = item.split(":")
+        if len(fields) == 4:
+            cells.append(Cell(fields[0], fields[1], int(fields[2]), fields[3]))
+        else:
+            backend, world_size = item.rsplit("_", 1)
+            cells.append(Cell(item, backend, int(world_size), "-"))
+    return cells
+
+
 @dataclasses.dataclass
 class TargetResult:
     name: str
     backend: str
     world_size: int
+    device: str
     status: str = testlogs.NOT_IN_INVOCATION
     runs: str = "-"  # for example "3 runs: 3 passed"
     passed: int = 0
@@ -118,10 +142,9 @@ def _count(result: TargetResult, attempt: testlogs.Attempt) -> None:
             result.passed += 1
 
 
-def read_target(invocation: testlogs.Invocation, name: str) -> TargetResult:
-    backend, world_size = name.rsplit("_", 1)
-    result = TargetResult(name, backend, int(world_size))
-    target = invocation.target(f"//dist_tests:{name}")
+def read_target(invocation: testlogs.Invocation, cell: Cell) -> TargetResult:
+    result = TargetResult(cell.name, cell.backend, cell.world_size, cell.device)
+    target = invocation.target(result.label)
     result.status = _STATUS.get(target.status, target.status.lower())
     final = target.final_attempts()
     if not final:
@@ -146,12 +169,12 @@ def _counts(r: TargetResult) -> list[int]:
 
 def terminal_table(results: list[TargetResult], invocation: testlogs.Invocation | None) -> str:
     """One line per target: counts first, then the status and the runs, which may hold spaces."""
-    header = (f"{'target':<10} {'backend':<8} {'ranks':>5} " + " ".join(f"{c:>9}" for c in _COUNTS)
+    header = (f"{'target':<10} {'backend':<8} {'device':<6} {'ranks':>5} " + " ".join(f"{c:>9}" for c in _COUNTS)
               + f" {'time':>8}  {'status':<26}  runs")
     lines = [_about(invocation), "", header, "-" * len(header)]
     for r in results:
         time_text = f"{r.seconds:.1f}s" if r.ran else "-"
-        lines.append(f"{r.name:<10} {r.backend:<8} {r.world_size:>5} " + " ".join(f"{n:>9}" for n in _counts(r))
+        lines.append(f"{r.name:<10} {r.backend:<8} {r.device:<6} {r.world_size:>5} " + " ".join(f"{n:>9}" for n in _counts(r))
                      + f" {time_text:>8}  {r.status:<26}  {r.runs}")
     for r in results:
         for problem in r.problems:
@@ -169,10 +192,10 @@ def _about(invocation: testlogs.Invocation | None) -> str:
 
 def markdown(results: list[TargetResult], invocation: testlogs.Invocation | None) -> str:
     out = ["# dist_tests matrix", "", _about(invocation), "",
-           "| target | backend | ranks | status | runs | " + " | ".join(_COUNTS) + " | time |",
-           "| --- | --- | ---: | --- | --- | " + " | ".join("---:" for _ in _COUNTS) + " | ---: |"]
+           "| target | backend | device | ranks | status | runs | " + " | ".join(_COUNTS) + " | time |",
+           "| --- | --- | --- | ---: | --- | --- | " + " | ".join("---:" for _ in _COUNTS) + " | ---: |"]
     for r in results:
-        out.append(f"| `{r.label}` | {r.backend} | {r.world_size} | {r.status} | {r.runs} | "
+        out.append(f"| `{r.label}` | {r.backend} | {r.device} | {r.world_size} | {r.status} | {r.runs} | "
                    + " | ".join(str(n) for n in _counts(r)) + f" | {r.seconds:.1f} s |")
     failures = [(r, f) for r in results for f in r.failures]
     if failures:
@@ -218,14 +241,16 @@ code { background: #f0f0f0; padding: 0 .2em; }
 
 def html_page(results: list[TargetResult], invocation: testlogs.Invocation | None) -> str:
     esc = html.escape
-    backends = sorted({r.backend for r in results}, key=lambda b: [r.backend for r in results].index(b))
+    # One row per backend and device class, in the matrix's order: gloo's CPU and GPU lines apart.
+    grid_rows = list(dict.fromkeys((r.backend, r.device) for r in results))
     sizes = sorted({r.world_size for r in results})
-    by_cell = {(r.backend, r.world_size): r for r in results}
+    by_cell = {(r.backend, r.device, r.world_size): r for r in results}
     rows = ["<tr><th>backend \\ ranks</th>" + "".join(f"<th>{s}</th>" for s in sizes) + "</tr>"]
-    for backend in backends:
-        cells = [f"<th>{esc(backend)}</th>"]
+    for backend, device in grid_rows:
+        label = backend if device == "-" else f"{backend} ({device})"
+        cells = [f"<th>{esc(label)}</th>"]
         for size in sizes:
-            r = by_cell.get((backend, size))
+            r = by_cell.get((backend, device, size))
             if r is None:
                 cells.append("<td class='absent'>not in the matrix</td>")
                 continue
@@ -265,20 +290,20 @@ def html_page(results: list[TargetResult], invocation: testlogs.Invocation | Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     workspace = pathlib.Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."))
-    parser.add_argument("--matrix", required=True, help="comma-separated target names, e.g. gloo_2,nccl_2")
+    parser.add_argument("--matrix", required=True, type=parse_matrix,
+                        help="comma-separated NAME:BACKEND:WORLD_SIZE:DEVICE, e.g. gloo_gpu_2:gloo:2:gpu, or bare names")
     parser.add_argument("--events", type=pathlib.Path, default=workspace / testlogs.EVENTS_FILE,
                         help="the build event JSON file of the invocation to report")
     parser.add_argument("--testlogs", type=pathlib.Path, default=workspace / "bazel-testlogs",
                         help="checked for results newer than the events, which the events would not describe")
     parser.add_argument("--out", type=pathlib.Path, default=workspace / "dist_tests_report")
     args = parser.parse_args(argv)
-    names = [name for name in args.matrix.split(",") if name]
     try:
         invocation: testlogs.Invocation | None = testlogs.read_events(args.events)
     except testlogs.EventsError as error:
         print(f"report: {error}", file=sys.stderr)
         invocation = None
-    results = [read_target(invocation or testlogs.Invocation(args.events), name) for name in names]
+    results = [read_target(invocation or testlogs.Invocation(args.events), cell) for cell in args.matrix]
     print(terminal_table(results, invocation))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text(markdown(results, invocation))
