@@ -89,9 +89,14 @@ def run_report(python, events, out, check=True):
     )
 
 
+def row_words(table: str, target: str) -> list[str]:
+    """A target's line of the terminal table, split on spaces."""
+    return next(line.split() for line in table.splitlines() if line.startswith(target + " "))
+
+
 def row(table: str, target: str) -> tuple[list[int], str]:
     """A target's counts (passed, flaky, skipped, known, failed, did not run, timed out) and its status and runs."""
-    words = next(line.split() for line in table.splitlines() if line.startswith(target + " "))
+    words = row_words(table, target)
     return [int(w) for w in words[4:11]], " ".join(words[12:])
 
 
@@ -104,8 +109,7 @@ def test_synthetic_edge_cases(python, synthetic_events, tmp_path):
     assert row(table, "nccl_2") == ([1, 0, 2, 0, 0, 0, 1], "timed out 1 run: timed out")
     assert row(table, "nccl_4") == ([1, 0, 2, 0, 0, 0, 0], "flaky 1 run: flaky")  # the retry's results only
     assert row(table, "ucc_2")[1] == "not in the last invocation -"
-    gloo_gpu = next(line.split() for line in table.splitlines() if line.startswith("gloo_gpu_2 "))
-    assert gloo_gpu[1:4] == ["gloo", "gpu", "2"]  # gloo's GPU line is gloo on 2 ranks, not a backend of its own
+    assert row_words(table, "gloo_gpu_2")[1:4] == ["gloo", "gpu", "2"]  # gloo's GPU line is gloo on 2 ranks, not a backend of its own
     md = (tmp_path / "out/report.md").read_text()
     assert "tools/bazel test //dist_tests:gloo_2 --test_filter=test_e" in md
     assert "| 6 | Need at least 2 CUDA devices |" in md

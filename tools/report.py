@@ -5,10 +5,11 @@
 
 Reads the latest invocation's build events (bazel-test-events.json, which .bazelrc makes
 every `bazel test` write; see tools/testlogs.py) and only the test.xml files they name.
-Prints a table (one line per target: its backend, world size and device class, status as Bazel gave it, FLAKY included, runs, passed,
-flaky tests among them (passed only on a DIST_TESTS_RERUNS rerun), skipped, known failures,
-failed, did not run, timed out, time), and writes `report.md` and a
-self-contained `report.html` (a colour grid of the matrix, each failing test with its
+Prints a table (one line per target: its backend, device class and world size, status as
+Bazel gave it, FLAKY included, runs, passed, flaky tests among them (passed only on a
+DIST_TESTS_RERUNS rerun), skipped, known failures, failed, did not run, timed out, time), and
+writes `report.md` and a self-contained `report.html` (a colour grid of the matrix, a row per
+backend and device class, each failing test with its
 message and repro command, skip reasons with counts) into DIR, by default
 `dist_tests_report/` in the workspace. Targets the invocation did not test show as such; a
 missing or malformed XML is reported for its target and the rest go on. If bazel-testlogs
