@@ -12,8 +12,10 @@ EXPECTED = {
     "gloo_2": ("gloo", 2, False),
     "gloo_3": ("gloo", 3, False),
     "gloo_4": ("gloo", 4, False),
+    "gloo_gpu_1": ("gloo", 1, True),
     "gloo_gpu_2": ("gloo", 2, True),
     "gloo_gpu_4": ("gloo", 4, True),
+    "nccl_1": ("nccl", 1, True),
     "nccl_2": ("nccl", 2, True),
     "nccl_4": ("nccl", 4, True),
     "ucc_2": ("ucc", 2, True),
@@ -56,8 +58,9 @@ def test_env_and_tags(rules, name):
 @pytest.mark.parametrize(
     "suite, members",
     [
-        ("gloo", {"gloo_2", "gloo_3", "gloo_4", "gloo_gpu_2", "gloo_gpu_4"}),
-        ("gpu", {"gloo_gpu_2", "gloo_gpu_4", "nccl_2", "nccl_4", "ucc_2"}),
+        ("gloo", {"gloo_2", "gloo_3", "gloo_4", "gloo_gpu_1", "gloo_gpu_2", "gloo_gpu_4"}),
+        ("nccl", {"nccl_1", "nccl_2", "nccl_4"}),
+        ("gpu", {"gloo_gpu_1", "gloo_gpu_2", "gloo_gpu_4", "nccl_1", "nccl_2", "nccl_4", "ucc_2"}),
         ("cpu", {"gloo_2", "gloo_3", "gloo_4"}),
     ],
 )
@@ -71,7 +74,7 @@ def test_suites(suite, members):
 def test_tag_filter_excludes_gpu_targets():
     run = bazel("query", 'attr("tags", "\\bgpu\\b", tests(//dist_tests:all))')
     found = {line.split(":")[1] for line in run.output.splitlines() if line.startswith("//dist_tests:")}
-    assert found == {"gloo_gpu_2", "gloo_gpu_4", "nccl_2", "nccl_4", "ucc_2"}
+    assert found == {"gloo_gpu_1", "gloo_gpu_2", "gloo_gpu_4", "nccl_1", "nccl_2", "nccl_4", "ucc_2"}
 
 
 UCC_SETTINGS = {"UCX_TLS": "tcp,cuda", "UCC_TLS": "nccl,ucp,cuda", "UCC_TL_UCP_TUNE": "cuda:0",

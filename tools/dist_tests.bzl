@@ -14,6 +14,10 @@ load("@rules_python//python:defs.bzl", "py_test")
 # The device classes a line can name: "gpu" ranks each need a GPU of their own.
 DEVICES = ["cpu", "gpu"]
 
+# The fewest ranks a line of each device class may have: the suite needs 2 ranks on CPU; on
+# GPUs upstream also runs 1, on a 1-GPU host.
+LEAST_WORLD_SIZE = {"cpu": 2, "gpu": 1}
+
 # One line per target: backend, ranks, the device class its ranks need, shards, and Bazel's
 # timeout for one shard. Shards are sized from measured times so that one shard takes a few
 # minutes at most. Optional fields: `name`, the target's name when BACKEND_WORLDSIZE is taken
@@ -23,9 +27,12 @@ DIST_TEST_MATRIX = [
     struct(backend = "gloo", world_size = 2, device = "cpu", shard_count = 4, timeout = "moderate"),
     struct(backend = "gloo", world_size = 3, device = "cpu", shard_count = 4, timeout = "moderate"),
     struct(backend = "gloo", world_size = 4, device = "cpu", shard_count = 4, timeout = "moderate"),
-    # Upstream's GPU job: gloo with every GPU visible, exercising its CUDA-tensor paths.
+    # Upstream's GPU job: gloo with every GPU visible, exercising its CUDA-tensor paths. One
+    # rank is what upstream runs on a 1-GPU host (WORLD_SIZE is the GPU count there).
+    struct(backend = "gloo", world_size = 1, device = "gpu", name = "gloo_gpu_1", shard_count = 4, timeout = "long"),
     struct(backend = "gloo", world_size = 2, device = "gpu", name = "gloo_gpu_2", shard_count = 4, timeout = "long"),
     struct(backend = "gloo", world_size = 4, device = "gpu", name = "gloo_gpu_4", shard_count = 4, timeout = "long"),
+    struct(backend = "nccl", world_size = 1, device = "gpu", shard_count = 2, timeout = "long"),
     struct(backend = "nccl", world_size = 2, device = "gpu", shard_count = 2, timeout = "long"),
     struct(backend = "nccl", world_size = 4, device = "gpu", shard_count = 2, timeout = "long"),
     # Upstream's last UCC settings (its CI stopped running UCC in late 2024).
@@ -133,6 +140,13 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
         target = dist_test_name(cell)
         if cell.device not in DEVICES:
             fail("%s: device %r is not one of %s" % (target, cell.device, DEVICES))
+        if type(cell.world_size) != "int" or cell.world_size < LEAST_WORLD_SIZE[cell.device]:
+            fail("%s: world_size %r: a %s line needs an integer >= %d" % (
+                target,
+                cell.world_size,
+                cell.device,
+                LEAST_WORLD_SIZE[cell.device],
+            ))
         if ":" + target in [t for tests in by_device.values() for t in tests]:
             fail("%s is the target of two lines of DIST_TEST_MATRIX: give one of them a `name`" % target)
         env = dist_test_env(cell.backend, cell.world_size, cell.device)

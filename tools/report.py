@@ -10,7 +10,8 @@ Bazel gave it, FLAKY included, runs, passed, flaky tests among them (passed only
 DIST_TESTS_RERUNS rerun), skipped, known failures, failed, did not run, timed out, time), and
 writes `report.md` and a self-contained `report.html` (a colour grid of the matrix, a row per
 backend and device class, each failing test with its
-message and repro command, skip reasons with counts) into DIR, by default
+message and repro command, shards whose ranks fell back from the forkserver to spawn, skip
+reasons with counts) into DIR, by default
 `dist_tests_report/` in the workspace. Targets the invocation did not test show as such; a
 missing or malformed XML is reported for its target and the rest go on. If bazel-testlogs
 holds results newer than the events, the last `bazel test` did not write them: the report
@@ -98,6 +99,7 @@ class TargetResult:
     flaky_tests: list[Failure] = dataclasses.field(default_factory=list)  # with their first attempt's cause
     skip_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     problems: list[str] = dataclasses.field(default_factory=list)
+    fallbacks: list[str] = dataclasses.field(default_factory=list)  # shards whose ranks left the forkserver, and why
 
     @property
     def label(self) -> str:
@@ -123,6 +125,9 @@ def _count(result: TargetResult, attempt: testlogs.Attempt) -> None:
     except ET.ParseError as error:
         result.problems.append(f"{attempt.xml}: malformed XML ({error})")
         return
+    method = testlogs.read_start_method(attempt.xml) if attempt.xml else None
+    if method and method.startswith(testlogs.FALLBACK_PREFIX):
+        result.fallbacks.append(f"shard {attempt.shard}: ranks by {method}")
     for case in cases:
         if case.outcome == "failed":
             result.failed += 1
@@ -180,6 +185,8 @@ def terminal_table(results: list[TargetResult], invocation: testlogs.Invocation 
     for r in results:
         for problem in r.problems:
             lines.append(f"! {r.label}: {problem}")
+        for fallback in r.fallbacks:
+            lines.append(f"~ {r.label} {fallback}")
     return "\n".join(lines)
 
 
@@ -208,6 +215,10 @@ def markdown(results: list[TargetResult], invocation: testlogs.Invocation | None
     if flaky:
         out += ["", "## Flaky: passed only on a rerun", ""]
         out += [f"- `{r.label}` `{f.test}`: first {f.message or '(no message)'}" for r, f in flaky]
+    fallbacks = [(r, f) for r in results for f in r.fallbacks]
+    if fallbacks:
+        out += ["", "## Start-method fallbacks (slower, upstream's way)", ""]
+        out += [f"- `{r.label}` {f}" for r, f in fallbacks]
     problems = [(r, p) for r in results for p in r.problems]
     if problems:
         out += ["", "## Unreadable results", ""] + [f"- `{r.label}`: {p}" for r, p in problems]
@@ -276,6 +287,10 @@ def html_page(results: list[TargetResult], invocation: testlogs.Invocation | Non
     if flaky:
         body.append(f"<h2>Flaky: passed only on a rerun ({len(flaky)})</h2><ul>" + "".join(
             f"<li><code>{esc(r.label)}</code> {esc(f.test)}: first {esc(f.message)}</li>" for r, f in flaky) + "</ul>")
+    fallbacks = [(r, f) for r in results for f in r.fallbacks]
+    if fallbacks:
+        body.append("<h2>Start-method fallbacks (slower, upstream's way)</h2><ul>" + "".join(
+            f"<li><code>{esc(r.label)}</code> {esc(f)}</li>" for r, f in fallbacks) + "</ul>")
     problems = [(r, p) for r in results for p in r.problems]
     if problems:
         body.append("<h2>Unreadable results</h2><ul>" + "".join(f"<li><code>{esc(r.label)}</code>: {esc(p)}</li>" for r, p in problems) + "</ul>")

@@ -20,9 +20,11 @@ import xml.etree.ElementTree as ET
 # Relative to the workspace root (Bazel resolves the relative path in .bazelrc against it).
 EVENTS_FILE = "bazel-test-events.json"
 
-# Message prefixes the harness writes into test.xml (dist_tests/harness/reporting.py).
+# Message prefixes and the property the harness writes into test.xml (dist_tests/harness/state.py).
 KNOWN_FAILURE_PREFIX = "known failure"
 NOT_RUN_PREFIX = "did not run"
+START_METHOD_PROPERTY = "dist_tests_start_method"
+FALLBACK_PREFIX = "spawn (fell back from the forkserver"
 
 NOT_IN_INVOCATION = "not in the last invocation"
 
@@ -212,6 +214,14 @@ def newer_results(invocation: Invocation, testlogs_dir: pathlib.Path) -> list[pa
     """
     written = invocation.path.stat().st_mtime
     return sorted(p for p in testlogs_dir.rglob("test.xml") if p.stat().st_mtime > written + 1)
+
+
+def read_start_method(xml_path: pathlib.Path) -> str | None:
+    """How the run's ranks started (the harness's START_METHOD_PROPERTY), a fallback included; None if unsaid."""
+    for prop in ET.parse(xml_path).getroot().iter("property"):
+        if prop.get("name") == START_METHOD_PROPERTY:
+            return prop.get("value")
+    return None
 
 
 def read_cases(xml_path: pathlib.Path) -> list[Case]:

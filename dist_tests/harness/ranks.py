@@ -27,6 +27,9 @@ from dist_tests.harness.state import ATTEMPT_VARIABLE
 # Collectives a fault is injected into: the first one a test calls in the chosen rank.
 _FAULT_COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "reduce", "gather", "scatter", "barrier", "all_to_all", "reduce_scatter")
 FAULT_KINDS = ("kill", "raise", "hang")
+# Exit code of a forked rank that finds torch's CUDA unusable in it: outside torch's own codes
+# (10 and 72..89), so the parent can tell it apart and rerun the test with spawn.
+BAD_FORK_EXIT_CODE = 71
 
 
 class FaultSpecError(ValueError):

@@ -7,6 +7,8 @@ This adds what the spawn suite needs on top:
 - a run in which no selected test ran, or every one was skipped, fails unless skipping
   was asked for (DIST_TESTS_ALLOW_SKIP=1);
 - a run in which a test did not start for lack of time fails, saying how many and what to raise;
+- the start method the ranks used, and a fallback from the forkserver, in the closing line
+  and as the XML's `dist_tests_start_method` property;
 - a closing line with the counts, known failures, tests that did not run apart from skips,
   and tests that passed only on a rerun (flaky, see reruns.py);
 - a rerun test's failed attempts in its testcase, as `flakyFailure`/`flakyError` when it
@@ -21,7 +23,7 @@ from typing import Any
 
 from absl.testing import xml_reporter
 
-from dist_tests.harness.state import KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, RUN, time_hint
+from dist_tests.harness.state import KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, RUN, START_METHOD_PROPERTY, time_hint
 
 
 def _target() -> str:
@@ -138,6 +140,8 @@ class _Result(xml_reporter._TextAndXMLTestResult):
                 f"{len(self._not_run)} test(s) did not run: this shard's Bazel timeout ran out before they could "
                 f"start (the first: {self._not_run[0]}). To run them, {time_hint()}.",
             )
+        # The start method in the XML too (tools/report.py lists fallbacks): a testsuites property.
+        self.suite._testsuites_properties[START_METHOD_PROPERTY] = RUN.start_method_note()
         super().stopTestRun()
         reasons = collections.Counter(reason for _, reason in self.skipped if not reason.startswith(KNOWN_FAILURE_PREFIX))
         known = collections.Counter(reason for _, reason in self.skipped if reason.startswith(KNOWN_FAILURE_PREFIX))
@@ -156,7 +160,10 @@ class _Result(xml_reporter._TextAndXMLTestResult):
             self.stream.writeln(f"Flaky, passed only on a rerun: {', '.join(self._flaky)}")
         self.stream.writeln(f"{_target()}: {passed} passed, {failed} failed, {len(self.skipped) - self._known} skipped, "
                             f"{self._known} known failures, {len(self._not_run)} did not run, {len(self._flaky)} flaky"
-                            + (f", on leased GPUs {RUN.gpu_lease.names()}" if RUN.gpu_lease else ""))
+                            + (f", on leased GPUs {RUN.gpu_lease.names()}" if RUN.gpu_lease else "")
+                            + (", ranks by spawn after a forkserver fallback" if RUN.start_method_fallback else ""))
+        if RUN.start_method_fallback:
+            self.stream.writeln(f"  start method: {RUN.start_method_note()}")
 
 
 class SpawnTestRunner(xml_reporter.TextAndXMLTestRunner):

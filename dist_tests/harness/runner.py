@@ -38,6 +38,7 @@ def configure() -> None:
     from dist_tests.harness.state import RUN
 
     RUN.settings = settings
+    RUN.start_method = settings.start_method
     not_run = spawn_file.not_run_reason()
     if not_run:
         if not settings.allow_skip:
@@ -138,6 +139,25 @@ def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | No
     return None
 
 
+def _start_forkserver(settings: settings_lib.Settings) -> None:
+    """Starts the ranks' forkserver and uses it only if proven clean; else spawn, or an error when asked for."""
+    from dist_tests.harness import forkserver
+    from dist_tests.harness.state import RUN
+
+    try:
+        proof = forkserver.start([], settings.work_dir)
+    except forkserver.ForkserverError as error:
+        die(f"{settings.target}: {error}.\n  Fix that import (PYTHONPATH, the environment's packages), or run with "
+            "--test_env=DIST_TESTS_START_METHOD=spawn, upstream's way (slower).")
+    if proof.fork_safe:
+        return
+    reason = f"{proof.driver}, so ranks forked from it could not use CUDA"
+    if settings.start_method_given:
+        die(f"{settings.target}: DIST_TESTS_START_METHOD=forkserver, but {reason}. Unset it to let the run fall back "
+            "to spawn, or set it to spawn.")
+    RUN.fall_back_to_spawn(reason)
+
+
 def _test_names(test_class: type) -> set[str]:
     return {name for name in dir(test_class) if name.startswith("test") and callable(getattr(test_class, name))}
 
@@ -186,6 +206,8 @@ def main(test_class: type) -> None:
         os.environ["TESTBRIDGE_TEST_ONLY"] = " ".join(shlex.quote(p) for p in patterns)
         if selection.runs_in_first_shard(test_filter, int(os.environ.get("TEST_TOTAL_SHARDS", "1"))):
             _run_filtered_selection_in_first_shard()
+    if RUN.start_method == "forkserver" and not RUN.skip_all_reason:
+        _start_forkserver(settings)  # last: every setting and list above was checked without it
     absltest.main(testRunner=reporting.SpawnTestRunner)
 
 

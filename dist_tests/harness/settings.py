@@ -18,14 +18,10 @@ DEVICES = ("cpu", "gpu")
 START_METHODS = ("forkserver", "spawn")
 
 
-def default_start_method(uses_gpu: bool) -> str:
-    """spawn for GPU backends: no GPU rank is ever forked from a process that may have touched CUDA.
-
-    The forkserver's speed-up (torch imported once) is safe only while nothing it imports
-    initialises the CUDA driver, a property of torch's test internals that any torch release
-    may change; spawn is upstream's own way and safe by construction.
-    """
-    return "spawn" if uses_gpu else "forkserver"
+# Ranks fork from a forkserver that imported torch once. On GPU hosts the server first proves
+# that no CUDA driver was initialised in it (cuda_driver.py) and the run falls back to spawn,
+# upstream's way, when it cannot; DIST_TESTS_START_METHOD=forkserver makes that an error.
+DEFAULT_START_METHOD = "forkserver"
 
 # Exit code for a run that could not start: bad settings or missing hardware.
 SETUP_ERROR_EXIT_CODE = 3
@@ -45,6 +41,7 @@ class Settings:
     device: str  # "cpu" or "gpu"
     allow_skip: bool
     start_method: str
+    start_method_given: bool  # DIST_TESTS_START_METHOD was set: no fallback from it
     work_dir: str  # every file the run writes goes below this folder
     outputs_dir: str | None  # Bazel's undeclared outputs, when run by Bazel
     target: str  # the Bazel label, for repro lines
@@ -88,16 +85,23 @@ def _device(env: Mapping[str, str], backend: str, backends: Mapping[str, str]) -
     return value
 
 
-def _world_size(env: Mapping[str, str]) -> int:
+def _world_size(env: Mapping[str, str], device: str) -> int:
+    """WORLD_SIZE: at least 2 ranks on CPU lines; 1 on GPU lines too, as upstream runs a 1-GPU host."""
+    least = 1 if device == "gpu" else 2
     value = env.get("WORLD_SIZE")
     if value is None or not value.strip():
-        raise SettingsError("WORLD_SIZE is not set. Set it to the number of ranks, an integer >= 2 (for example WORLD_SIZE=2).")
+        raise SettingsError(f"WORLD_SIZE is not set. Set it to the number of ranks, an integer >= {least} (for example WORLD_SIZE=2).")
     try:
         size = int(value.strip())
     except ValueError:
-        raise SettingsError(f"WORLD_SIZE={value!r} is not an integer. Set it to the number of ranks, an integer >= 2.") from None
-    if size < 2:
-        raise SettingsError(f"WORLD_SIZE={size} is too small: the spawn suite needs at least 2 ranks.")
+        raise SettingsError(f"WORLD_SIZE={value!r} is not an integer. Set it to the number of ranks, an integer >= {least}.") from None
+    if size < 1:
+        raise SettingsError(f"WORLD_SIZE={size} is too small: the spawn suite needs at least 1 rank on a GPU, 2 on CPU.")
+    if size < least:
+        raise SettingsError(
+            f"WORLD_SIZE={size} is too small for device class {device!r}: on CPU the spawn suite needs at least 2 ranks. "
+            "One rank runs only on a GPU host, as upstream does there: set DIST_TESTS_DEVICE=gpu (targets nccl_1, gloo_gpu_1)."
+        )
     limit = max_world_size()
     if size > limit:
         raise SettingsError(
@@ -175,11 +179,13 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         raise SettingsError(str(error)) from None
     backend = _backend(env, backends)
     device = _device(env, backend, backends)
-    world_size = _world_size(env)
+    world_size = _world_size(env, device)
     _shards(env)
-    start_method = env.get("DIST_TESTS_START_METHOD") or default_start_method(device == "gpu")
+    given = env.get("DIST_TESTS_START_METHOD", "")
+    start_method = given or DEFAULT_START_METHOD
     if start_method not in START_METHODS:
-        raise SettingsError(f"DIST_TESTS_START_METHOD={start_method!r}: use one of {', '.join(START_METHODS)}.")
+        raise SettingsError(f"DIST_TESTS_START_METHOD={start_method!r}: use one of {', '.join(START_METHODS)} "
+                            f"(unset: {DEFAULT_START_METHOD}, falling back to spawn when the server cannot be proven clean).")
     try:
         line = matrix.find_line(backend, world_size, device) or {}
     except matrix.MatrixError as error:
@@ -193,6 +199,7 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         device=device,
         allow_skip=env.get("DIST_TESTS_ALLOW_SKIP") == "1",
         start_method=start_method,
+        start_method_given=bool(given),
         work_dir=_work_dir(env),
         outputs_dir=outputs,
         target=env.get("TEST_TARGET", f"//dist_tests:{matrix.target_name(line) if line else f'{backend}_{world_size}'}"),

@@ -3,6 +3,7 @@
 Kept apart from the modules that import torch: configure() fills it before torch loads.
 """
 
+import sys
 import time
 
 from dist_tests.harness.gpu_leases import Lease
@@ -18,14 +19,34 @@ class Run:
     selected_total: int = -1  # tests the filter selects across all shards; -1 = no filter
     started: float = time.monotonic()
     gpu_lease: Lease | None = None  # the GPUs this run holds (GPU targets)
+    start_method: str = "spawn"  # how ranks start now: the settings' method until a fallback
+    start_method_fallback: str | None = None  # why the run left the forkserver for spawn
+
+    def fall_back_to_spawn(self, reason: str) -> None:
+        """Starts the rest of the run's ranks with spawn, saying why once (and in the closing line)."""
+        if self.start_method_fallback is None:
+            print(f"dist_tests: warning: the forkserver cannot be used: {reason}. The rest of this run starts its "
+                  "ranks with spawn, upstream's way (slower). --test_env=DIST_TESTS_START_METHOD=forkserver makes "
+                  "this an error.", file=sys.stderr, flush=True)
+            self.start_method_fallback = reason
+        self.start_method = "spawn"
+
+    def start_method_note(self) -> str:
+        """The start method in words, for the closing line and the XML."""
+        if self.start_method_fallback:
+            return f"{FALLBACK_PREFIX}: {self.start_method_fallback})"
+        return self.start_method
 
 
 RUN = Run()
 
-# Message prefixes of tests that did not pass and did not plainly skip; the build event
-# reader (tools/testlogs.py) counts them apart by the same words.
+# Message prefixes of tests that did not pass and did not plainly skip, and the XML property
+# that says how ranks started; the build event reader (tools/testlogs.py) reads the same words.
 KNOWN_FAILURE_PREFIX = "known failure"
 NOT_RUN_PREFIX = "did not run"
+# The test.xml property (of <testsuites>) that says how ranks started; tools/testlogs.py reads it.
+START_METHOD_PROPERTY = "dist_tests_start_method"
+FALLBACK_PREFIX = "spawn (fell back from the forkserver"
 
 # The attempt (1, 2, ...) a test's ranks belong to under DIST_TESTS_RERUNS; DIST_TESTS_FAULT can name attempts.
 ATTEMPT_VARIABLE = "DIST_TESTS_ATTEMPT"

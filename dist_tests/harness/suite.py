@@ -31,12 +31,6 @@ from dist_tests.harness.settings import SETUP_ERROR_EXIT_CODE
 from dist_tests.harness.state import ATTEMPT_VARIABLE, KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, RUN, time_hint
 
 _LOG_TAIL_LINES = 40
-_FORKSERVER_PRELOAD = [
-    "torch",
-    "torch.testing._internal.distributed.distributed_test",
-    "dist_tests.harness.ranks",
-    "dist_tests.harness.suite",
-]
 _POLL_S = 0.02
 
 
@@ -137,16 +131,16 @@ def prepare_forked_rank(args: tuple) -> None:
 
     distributed_test reads INIT_METHOD at import, in the server; the rank must see this
     test's. And CUDA must never be used in a process forked after the driver was touched:
-    torch would fail at the first CUDA call; this fails first, saying why.
+    should torch say so although the server was proven clean (forkserver.py), the rank
+    ends before the test body runs, with BAD_FORK_EXIT_CODE, and the parent reruns the
+    test with spawn (SpawnHarness._join_processes).
     """
     distributed_test.INIT_METHOD = os.environ.get("INIT_METHOD", "env://")
     if torch.cuda._is_in_bad_fork():
-        rank, pipe = args[0], args[3]
-        message = (f"rank {rank} was forked from a forkserver that had initialised CUDA (torch {torch.__version__}), "
-                   "so CUDA cannot work in it. Run with DIST_TESTS_START_METHOD=spawn (the default for GPU backends).")
-        print(f"dist_tests: error: {message}", file=sys.stderr, flush=True)
-        pipe.send(message)  # what torch's parent reads from a rank that exits with TEST_ERROR_EXIT_CODE
-        sys.exit(MultiProcessTestCase.TEST_ERROR_EXIT_CODE)
+        print(f"dist_tests: rank {args[0]} was forked from a forkserver that had initialised CUDA (torch "
+              f"{torch.__version__}), so CUDA cannot work in it: it ends before its test body runs.",
+              file=sys.stderr, flush=True)
+        sys.exit(ranks.BAD_FORK_EXIT_CODE)
 
 
 def timeout_cut_note(test_id: str) -> str:
@@ -213,14 +207,10 @@ class SpawnHarness:
         return os.path.join(base, "rank_logs", self._testMethodName)  # type: ignore[attr-defined]
 
     def _spawn_processes(self) -> None:
-        method = RUN.settings.start_method if RUN.settings else "spawn"
+        # The forkserver, when used, was started and proven clean by the runner (forkserver.py);
+        # each rank forked from it only re-runs the entry point's cheap top level.
+        method = RUN.start_method
         context = torch.multiprocessing.get_context(method)
-        if method == "forkserver":
-            # The server imports torch and the suite once; each rank is forked from it and
-            # then only re-runs the entry point's cheap top level. ("__main__" alone would
-            # preload nothing: Python 3.11's forkserver drops the main module's path.)
-            context.set_forkserver_preload(_FORKSERVER_PRELOAD)
-            ranks.use_private_socket_folder()
         log_dir = self._log_dir() if RUN.settings and RUN.settings.outputs_dir else None
         if log_dir:
             shutil.rmtree(log_dir, ignore_errors=True)
@@ -269,34 +259,58 @@ class SpawnHarness:
                 process.join(5)
 
     def _join_processes(self, fn: Any) -> None:
-        timeout = common_distributed.get_timeout(self.id())  # type: ignore[attr-defined]
-        start = time.monotonic()
         try:
-            while True:
-                codes = [p.exitcode for p in self.processes]
-                killed = [f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in enumerate(codes) if c is not None and c < 0]
-                if all(code is not None for code in codes):
-                    if killed:  # every rank ended before the loop looked: name the signals all the same
-                        self._dist_abnormal = True
-                        self._dist_cause = "; ".join(killed)
-                    break
-                errored = [r for r, c in enumerate(codes) if c == MultiProcessTestCase.TEST_ERROR_EXIT_CODE]
-                if errored or killed:
-                    causes = killed + [f"rank {r} raised an exception" for r in errored]
-                    self._dist_abnormal = bool(killed)
-                    self._end_with("; ".join(causes))
-                    break
-                if time.monotonic() - start > timeout:
-                    self._dist_abnormal = True
-                    self._end_with(f"timed out after {timeout:.0f} s (ranks still running: "
-                                   f"{', '.join(str(r) for r, c in enumerate(codes) if c is None)})"
-                                   f"{timeout_cut_note(self.id())}")  # type: ignore[attr-defined]
-                    break
-                time.sleep(_POLL_S)
-            self._check_return_codes(fn, time.monotonic() - start)
+            started, bad_fork = self._wait_for_ranks()
+            if bad_fork is not None:
+                # Never a failure of the test: its ranks end before its body runs. Rerun it with spawn.
+                why = (f"rank {bad_fork} of {self._testMethodName} found itself in a bad fork (torch says its "  # type: ignore[attr-defined]
+                       "forkserver had initialised CUDA)")
+                if RUN.settings and RUN.settings.start_method_given:
+                    raise RuntimeError(f"{why}; DIST_TESTS_START_METHOD=forkserver makes that an error. Unset it to let "
+                                       "the run fall back to spawn, or set it to spawn.")
+                RUN.fall_back_to_spawn(why)
+                for pipe in self.pid_to_pipe.values():
+                    pipe.close()
+                self.pid_to_pipe.clear()
+                self._spawn_processes()
+                started, _ = self._wait_for_ranks()
+            self._check_return_codes(fn, time.monotonic() - started)
         finally:
             for pipe in self.pid_to_pipe.values():
                 pipe.close()
+
+    def _wait_for_ranks(self) -> tuple[float, int | None]:
+        """Waits until every rank ended, or ends them all at the first error, signal or timeout.
+
+        Returns when the wait started, and the rank that found itself in a bad fork (None when
+        none did); the cause of an abnormal end is left in _dist_cause.
+        """
+        timeout = common_distributed.get_timeout(self.id())  # type: ignore[attr-defined]
+        start = time.monotonic()
+        while True:
+            codes = [p.exitcode for p in self.processes]
+            if ranks.BAD_FORK_EXIT_CODE in codes:
+                self._stop_ranks()
+                return start, codes.index(ranks.BAD_FORK_EXIT_CODE)
+            killed = [f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in enumerate(codes) if c is not None and c < 0]
+            if all(code is not None for code in codes):
+                if killed:  # every rank ended before the loop looked: name the signals all the same
+                    self._dist_abnormal = True
+                    self._dist_cause = "; ".join(killed)
+                return start, None
+            errored = [r for r, c in enumerate(codes) if c == MultiProcessTestCase.TEST_ERROR_EXIT_CODE]
+            if errored or killed:
+                causes = killed + [f"rank {r} raised an exception" for r in errored]
+                self._dist_abnormal = bool(killed)
+                self._end_with("; ".join(causes))
+                return start, None
+            if time.monotonic() - start > timeout:
+                self._dist_abnormal = True
+                self._end_with(f"timed out after {timeout:.0f} s (ranks still running: "
+                               f"{', '.join(str(r) for r, c in enumerate(codes) if c is None)})"
+                               f"{timeout_cut_note(self.id())}")  # type: ignore[attr-defined]
+                return start, None
+            time.sleep(_POLL_S)
 
     def _end_with(self, cause: str) -> None:
         stacks = self._collect_tracebacks()

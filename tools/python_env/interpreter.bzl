@@ -10,9 +10,10 @@ Why packages are `data` and not a second toolchain: Bazel 4.2.3's native `py_tes
 runtime from the one registered toolchain (or `--python_top`), the same for every target, and
 has no per-target runtime attribute. So the toolchain's wrapper (`python3`) takes the
 site-packages of the target's device class (`DIST_TESTS_DEVICE`, which every matrix target
-sets; `cpu` when unset) from the repository beside its own, `dist_python_<device>`, in the
-runfiles or in the output base. A target carries only its own device's packages, so a CPU
-command never fetches the CUDA environment, and a GPU target cannot run the CPU build.
+sets) from the repository beside its own, `dist_python_<device>`, in the runfiles or in the
+output base. A target carries only its own device's packages, so a CPU command never fetches
+the CUDA environment, and a GPU target cannot run the CPU build. Unset, it is cpu, except in
+a GPU target's binary run by hand, which holds only the gpu packages and runs as gpu.
 
 `DIST_TESTS_USE_INTERPRETER_TORCH=1`: the interpreter runs in place with its own site module
 and torch (a CUDA image); torch's version, git version and the sha256 of its RECORD go into
@@ -27,17 +28,31 @@ _WRAPPER_TEMPLATE = """#!/bin/sh
 here=$(cd "$(dirname "$0")" && pwd)
 # Logical paths (cd, not realpath): beside this folder in runfiles or in the output base.
 repos=$(cd "$here/.." && pwd)
-device="${{DIST_TESTS_DEVICE:-cpu}}"
+# Unset: cpu; but a target's binary run by hand holds one class's packages, and runs as that class.
+device="${{DIST_TESTS_DEVICE:-}}"
+if [ -z "$device" ]; then
+  device=cpu
+  if [ ! -d "$repos/dist_python_cpu/site-packages" ] && [ -d "$repos/dist_python_gpu/site-packages" ]; then
+    device=gpu
+    DIST_TESTS_DEVICE=gpu
+    export DIST_TESTS_DEVICE
+  fi
+fi
 case "$device" in
   cpu | gpu) ;;
   *)
-    echo "dist_tests: error: DIST_TESTS_DEVICE='$device': use one of cpu, gpu (a device class of DIST_TEST_MATRIX; unset, cpu)." >&2
+    echo "dist_tests: error: DIST_TESTS_DEVICE='$device': use one of cpu, gpu (a device class of DIST_TEST_MATRIX), or leave it unset." >&2
     exit 3
     ;;
 esac
 packages="$repos/dist_python_$device/site-packages"
 if [ ! -d "$packages" ]; then
-  echo "dist_tests: error: no Python packages for device class '$device' at $packages. A target of that class needs data = [\\"@dist_python_$device//:site_packages\\"] (the matrix macro adds it)." >&2
+  others=$(cd "$repos" && ls -d dist_python_cpu/site-packages dist_python_gpu/site-packages 2>/dev/null | cut -d/ -f1 | sed 's/dist_python_//' | tr '\\n' ' ')
+  if [ -n "$others" ]; then
+    echo "dist_tests: error: DIST_TESTS_DEVICE=$device, but this program holds the Python packages of device class ${{others% }} only. Unset DIST_TESTS_DEVICE (or set it to ${{others% }}), or run a target of class $device: tools/bazel test //dist_tests:... --test_tag_filters=$device." >&2
+  else
+    echo "dist_tests: error: no Python packages for device class '$device' at $packages. A target of that class needs data = [\\"@dist_python_$device//:site_packages\\"] (the matrix macro adds it)." >&2
+  fi
   exit 3
 fi
 PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}$packages"

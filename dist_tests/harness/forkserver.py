@@ -1,0 +1,108 @@
+"""Starts the forkserver that ranks fork from, and proves it clean before any rank forks.
+
+The server imports torch and the suite once (PRELOAD), so a rank costs a fork instead of a
+fresh interpreter. Forked ranks can use CUDA only if the server never initialised the CUDA
+driver, which importing torch's test internals does not do with the NVML-based check the
+runner sets, unless NVML fails or NUM_PARALLEL_PROCS makes common_utils ask CUDA for its
+memory. So the server runs without NUM_PARALLEL_PROCS, and its last preload module
+(forkserver_proof.py) asks the driver itself; `start()` reads that answer before the first
+rank forks. A server that cannot be proven clean is not used: the caller falls back to spawn.
+"""
+
+import dataclasses
+import json
+import multiprocessing
+import os
+from multiprocessing import forkserver as mp_forkserver
+
+from dist_tests.harness import ranks
+
+PRELOAD = [
+    "torch",
+    "torch.testing._internal.distributed.distributed_test",
+    "dist_tests.harness.ranks",
+    "dist_tests.harness.suite",
+]
+# Read by common_utils at import: with it set, the import asks CUDA for its memory (cuInit).
+_DRIVER_INITIALISING_VARIABLES = ("NUM_PARALLEL_PROCS",)
+_START_TIMEOUT_S = 600.0
+# The proof module, preloaded last, and the variables that tell it where to write and what to expect.
+PROOF_MODULE = "dist_tests.harness.forkserver_proof"
+REPORT_VARIABLE = "DIST_TESTS_FORKSERVER_REPORT"
+PRELOAD_VARIABLE = "DIST_TESTS_FORKSERVER_PRELOAD"
+_proof: "Proof | None" = None
+# The folder that holds the dist_tests package: the workspace, or Bazel's runfiles.
+_WORKSPACE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class ForkserverError(Exception):
+    """The server could not start or import its preload modules: a broken setup, not a CUDA state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Proof:
+    fork_safe: bool
+    driver: str  # what the driver answered in the server, in words
+
+
+def _started() -> None:
+    """The first process forked from the server: it exists only once the preload has finished."""
+
+
+def start(extra_preload: list[str], report_dir: str) -> Proof:
+    """Starts the server with PRELOAD (then `extra_preload`), waits for its preload, returns its proof.
+
+    Raises ForkserverError when a preload module failed to import in the server (multiprocessing
+    itself would go on silently, slower) or the server died.
+    """
+    global _proof
+    if _proof is not None:  # one server per run: its answer holds for every fork
+        return _proof
+    preload = PRELOAD + [m for m in extra_preload if m not in PRELOAD]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload + [PROOF_MODULE])
+    ranks.use_private_socket_folder()
+    report = os.path.join(report_dir, f"forkserver-{os.getpid()}.json")
+    # The server's environment is this process's while ensure_running() starts it.
+    saved = {name: os.environ.get(name) for name in (*_DRIVER_INITIALISING_VARIABLES, "PYTHONPATH")}
+    for name in _DRIVER_INITIALISING_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ[REPORT_VARIABLE] = report
+    os.environ[PRELOAD_VARIABLE] = ",".join(preload)
+    # The server ignores this process's sys.path: run by hand, the workspace is only there.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_WORKSPACE, saved["PYTHONPATH"]) if p)
+    try:
+        mp_forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        os.environ.pop(REPORT_VARIABLE)
+        os.environ.pop(PRELOAD_VARIABLE)
+    try:
+        first = context.Process(target=_started, name="forkserver-ready")
+        first.start()
+        first.join(_START_TIMEOUT_S)
+    except (OSError, EOFError) as error:
+        raise ForkserverError(f"the forkserver died while importing {', '.join(preload)} ({error}); "
+                              "its traceback is above") from None
+    if first.exitcode is None:
+        first.kill()
+        raise ForkserverError(f"the forkserver did not import {', '.join(preload)} within {_START_TIMEOUT_S:.0f} s")
+    try:
+        with open(report, encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ForkserverError(f"the forkserver wrote no proof ({error}): {PROOF_MODULE} did not run "
+                              "in it") from None
+    finally:
+        if os.path.exists(report):
+            os.unlink(report)
+    if found["import_errors"]:
+        raise ForkserverError("the forkserver could not import its preload module(s): " + "; ".join(
+            f"{name}: {error}" for name, error in found["import_errors"].items()))
+    where = f" ({found['library']})" if found["library"] else ""
+    _proof = Proof(bool(found["fork_safe"]), f"the CUDA driver{where} is {found['driver']} in the forkserver")
+    return _proof
