@@ -1,11 +1,15 @@
 """GPU targets on a host without the GPUs or the backend: fail fast, or skip when asked."""
 
+import os
+import subprocess
+
 import pytest
 
 from conftest import ROOT, all_cases, bazel, results, shard_log
 
 # The CUDA environment has NCCL and gloo: what both lack here is the GPUs.
 GPU_TARGETS = {
+    "//dist_tests:nccl_1": "nccl with WORLD_SIZE=1 needs 1 GPU, and this host has 0",
     "//dist_tests:nccl_2": "nccl with WORLD_SIZE=2 needs 2 GPUs, and this host has 0",
     "//dist_tests:gloo_gpu_2": "gloo with WORLD_SIZE=2 needs 2 GPUs, and this host has 0",
 }
@@ -23,6 +27,23 @@ def test_missing_backend_or_gpus_fails_fast_and_says_how_to_exclude(target):
     assert "--test_tag_filters=-gpu" in log
     assert "DIST_TESTS_ALLOW_SKIP=1" in log
     assert "Started process" not in log, "no rank may start when the hardware is missing"
+
+
+def test_a_gpu_targets_binary_run_by_hand_runs_as_gpu_or_says_what_to_set():
+    # It holds only the gpu packages: unset, DIST_TESTS_DEVICE is gpu; set to cpu, the message says what to do.
+    assert bazel("build", "//dist_tests:nccl_2").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIST_TESTS", "TEST_", "BACKEND", "WORLD_SIZE"))}
+    binary = [str(ROOT / "bazel-bin" / "dist_tests" / "nccl_2"), "-k", "test_all_reduce_sum"]
+    by_hand = subprocess.run(binary, env={**env, "BACKEND": "nccl", "WORLD_SIZE": "2"}, cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert by_hand.returncode == 3, by_hand.stdout + by_hand.stderr
+    assert GPU_TARGETS["//dist_tests:nccl_2"] in by_hand.stderr
+    assert "no Python packages" not in by_hand.stderr
+    as_cpu = subprocess.run(binary, env={**env, "BACKEND": "nccl", "WORLD_SIZE": "2", "DIST_TESTS_DEVICE": "cpu"},
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert as_cpu.returncode == 3
+    assert ("DIST_TESTS_DEVICE=cpu, but this program holds the Python packages of device class gpu only. "
+            "Unset DIST_TESTS_DEVICE (or set it to gpu)") in as_cpu.stderr
 
 
 def test_a_backend_pypis_torch_lacks_says_so_and_how_to_bring_one():
@@ -50,9 +71,6 @@ def test_opt_in_reports_every_test_skipped_with_the_reason(target):
 
 def test_gloo_targets_hide_gpus_from_their_ranks(python):
     # The entry point sets CUDA_VISIBLE_DEVICES="" for CPU backends before torch loads.
-    import os
-    import subprocess
-
     code = (
         "import os, sys; sys.argv=['x']; os.environ.update(BACKEND='gloo', WORLD_SIZE='2', CUDA_VISIBLE_DEVICES='0');"
         "sys.path.insert(0, '.'); from dist_tests.harness import runner; runner.configure();"

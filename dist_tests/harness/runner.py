@@ -135,7 +135,8 @@ def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | No
     if uses_gpu:
         gpus = torch.cuda.device_count()
         if gpus < world_size:
-            return f"{backend} with WORLD_SIZE={world_size} needs {world_size} GPUs, and this host has {gpus}"
+            return (f"{backend} with WORLD_SIZE={world_size} needs {world_size} GPU{'s' if world_size > 1 else ''}, "
+                    f"and this host has {gpus}")
     return None
 
 
