@@ -8,6 +8,7 @@ earlier invocations.
 import dataclasses
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,26 @@ BAZEL = str(ROOT / "tools" / "bazel")
 sys.path.insert(0, str(ROOT))
 from tools import testlogs  # noqa: E402
 from tools.testlogs import Case  # noqa: E402
+
+# The entry the locked interpreter's wrapper adds to PYTHONPATH: its device class's site-packages.
+LOCKED_PACKAGES = re.compile(r"/dist_python_[a-z]+/site-packages/?$")
+
+
+def shell_pythonpath(pythonpath: str) -> str:
+    """pythonpath without the locked packages: what the shell that ran tools/selftest had."""
+    kept = [entry for entry in pythonpath.split(os.pathsep) if not LOCKED_PACKAGES.search(entry)]
+    return os.pathsep.join(kept)
+
+
+# Every process the tests start gets the environment of the shell that ran tools/selftest. The
+# wrapper (tools/python_env/interpreter.bzl) runs the interpreter without the site module, so its
+# packages come only through PYTHONPATH, which its own children need (3.11's forkserver finds
+# torch no other way). This process has them on sys.path already; a tool started from here with
+# them would work here and fail from a shell. A child that needs them runs the wrapper (`python`).
+if shell := shell_pythonpath(os.environ.get("PYTHONPATH", "")):
+    os.environ["PYTHONPATH"] = shell
+else:
+    os.environ.pop("PYTHONPATH", None)
 
 
 @dataclasses.dataclass

@@ -18,23 +18,41 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 # A lock's lines that say where wheels come from (install_lock passes its own flags instead).
 INDEX_OPTIONS = {"--index-url", "-i", "--extra-index-url", "--find-links", "-f", "--no-index"}
+# pip settings that send an install somewhere other than the folder or environment named.
+PIP_ELSEWHERE = ("PIP_USER", "PIP_TARGET", "PIP_PREFIX", "PIP_ROOT")
+
+
+def clean_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment for making or checking a tool environment: no PYTHON* variable, no user site.
+
+    pip counts a package it can import as installed, wherever it lies: under a caller whose
+    PYTHONPATH holds the locked test packages (a process of tools/python), an environment came out
+    without them and worked only for callers with the same PYTHONPATH. pip's wheel sources stay.
+    """
+    env = {name: value for name, value in (os.environ if environ is None else environ).items()
+           if not name.startswith("PYTHON") and name not in PIP_ELSEWHERE}
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
 
 
 def install_uv(python: str, into: str, installer_lock: str) -> str:
     """Installs uv, pinned by hash in installer_lock.txt, with pip (pip's own sources); returns its path."""
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--only-binary=:all:", "--require-hashes", "--target", into, "--requirement", installer_lock],
-                   check=True)
+                    "--only-binary=:all:", "--require-hashes", "--ignore-installed", "--target", into,
+                    "--requirement", installer_lock],
+                   check=True, env=clean_environ())
     return os.path.join(into, "bin", "uv")
 
 
 def pip_config(python: str) -> dict[str, str]:
     """pip's effective settings by name (index-url, find-links, ...): PIP_* variables win, then install., then global."""
-    out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                         env=clean_environ()).stdout
     ranked: dict[str, tuple[int, str]] = {}
     rank = {"global": 0, "install": 1, ":env:": 2}
     for line in out.splitlines():
@@ -124,7 +142,7 @@ def requirements_only(lock: str) -> str:
 
 def main(uv: str, lock: str, target: str) -> int:
     config = pip_config(sys.executable)
-    env = dict(os.environ)
+    env = clean_environ()
     if config.get("cert"):
         env["SSL_CERT_FILE"] = config["cert"]
     sources = uv_source_args(*lock_indexes(lock), config)
