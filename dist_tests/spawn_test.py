@@ -18,6 +18,7 @@ runner.configure()  # before torch is imported: checks settings, sets TMPDIR, GP
 import torch  # noqa: E402
 
 spawn_file.at_import()  # in the parent and every rank, as upstream's file: torch.distributed required, no TF32
+runner.prepare_plugin()  # a backend shipped as its own package: registered, its features told to torch's suite
 
 from torch.testing._internal.distributed.distributed_test import DistributedTest, TestDistBackend  # noqa: E402
 

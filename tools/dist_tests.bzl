@@ -22,7 +22,11 @@ LEAST_WORLD_SIZE = {"cpu": 2, "gpu": 1}
 # timeout for one shard. Shards are sized from measured times so that one shard takes a few
 # minutes at most. Optional fields: `name`, the target's name when BACKEND_WORLDSIZE is taken
 # (a backend on both device classes names its GPU lines); `env`, variables its ranks get
-# (a user's --test_env wins).
+# (a user's --test_env wins); `plugin`, for a backend shipped as its own package (see
+# dist_test_plugin_deps below and README's "Adding a backend"), for example:
+#   struct(backend = "example", world_size = 2, device = "cpu", shard_count = 4, timeout = "moderate",
+#          plugin = {"module": "example_backend", "library": "//tests/plugin:example_backend",
+#                    "features": ["ddp", "subgroup"], "init_method": "tcp"}),
 DIST_TEST_MATRIX = [
     struct(backend = "gloo", world_size = 2, device = "cpu", shard_count = 4, timeout = "moderate"),
     struct(backend = "gloo", world_size = 3, device = "cpu", shard_count = 4, timeout = "moderate"),
@@ -65,6 +69,44 @@ def dist_test_report_matrix():
         "%s:%s:%d:%s" % (dist_test_name(c), c.backend, c.world_size, c.device)
         for c in DIST_TEST_MATRIX
     ])
+
+# The keys of a line's `plugin`, and the init methods it may ask for (dist_tests/harness/plugins.py).
+PLUGIN_KEYS = ["module", "library", "features", "init_method"]
+PLUGIN_INIT_METHODS = ["file", "env", "tcp"]
+
+def dist_test_plugin_deps(target, cell):
+    """The libraries a line's `plugin` adds to its target, after checking the plugin's fields.
+
+    A backend shipped as its own package names the Python module that registers it
+    (`module`), the library that provides that module (`library`: a py_library of the
+    workspace, or of a repository made from a hash-pinned wheel lock), the
+    DistTestCases.backend_feature sets it joins (`features`), and optionally the rendezvous
+    it needs (`init_method`: file, torch's default; env; or tcp). The harness imports the
+    module in the parent, the forkserver and every rank.
+
+    Args:
+      target: the line's target name, for messages.
+      cell: a line of DIST_TEST_MATRIX.
+
+    Returns:
+      A list of labels: [] for a backend torch registers itself.
+    """
+    plugin = getattr(cell, "plugin", None)
+    if plugin == None:
+        return []
+    if type(plugin) != "dict":
+        fail("%s: `plugin` must be a dict with the keys %s" % (target, PLUGIN_KEYS))
+    for key in plugin:
+        if key not in PLUGIN_KEYS:
+            fail("%s: `plugin` has an unknown key %r: use %s" % (target, key, PLUGIN_KEYS))
+    for key in ["module", "library"]:
+        if type(plugin.get(key)) != "string" or not plugin[key]:
+            fail("%s: `plugin` needs %r, a non-empty string" % (target, key))
+    if type(plugin.get("features", [])) != "list":
+        fail("%s: `plugin`'s features must be a list of DistTestCases.backend_feature names" % target)
+    if plugin.get("init_method", "file") not in PLUGIN_INIT_METHODS:
+        fail("%s: `plugin`'s init_method %r is not one of %s" % (target, plugin["init_method"], PLUGIN_INIT_METHODS))
+    return [plugin["library"]]
 
 def dist_test_tags(backend, world_size, device):
     """The tags of one matrix cell: its backend, its world size, and how Bazel must schedule it.
@@ -159,7 +201,7 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
             name = target,
             srcs = [main],
             main = main,
-            deps = deps,
+            deps = deps + dist_test_plugin_deps(target, cell),
             data = [dist_python_packages(cell.device)],
             env = env,
             shard_count = cell.shard_count,

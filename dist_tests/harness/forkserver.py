@@ -19,6 +19,7 @@ from dist_tests.harness import ranks
 
 PRELOAD = [
     "torch",
+    "dist_tests.harness.plugin_preload",  # before the suite, whose decorators read the backend's features
     "torch.testing._internal.distributed.distributed_test",
     "dist_tests.harness.ranks",
     "dist_tests.harness.suite",

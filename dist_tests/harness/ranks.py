@@ -15,6 +15,7 @@ import fnmatch
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -179,6 +180,13 @@ def _end_like_a_spawned_process() -> None:
         except (OSError, ValueError):
             pass
     ctypes.CDLL(None).fflush(None)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now, for a test's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def signal_name(exit_code: int) -> str:

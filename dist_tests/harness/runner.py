@@ -11,7 +11,7 @@ import sys
 import tempfile
 from typing import NoReturn
 
-from dist_tests.harness import ci_lists, gpu_leases, selection, spawn_file
+from dist_tests.harness import ci_lists, gpu_leases, plugins, selection, spawn_file
 from dist_tests.harness import settings as settings_lib
 
 _CONFIGURED = "DIST_TESTS_CONFIGURED"
@@ -39,6 +39,8 @@ def configure() -> None:
 
     RUN.settings = settings
     RUN.start_method = settings.start_method
+    # Ranks and the forkserver find the run's matrix line (its plugin) by the same three values.
+    os.environ["DIST_TESTS_DEVICE"] = settings.device
     not_run = spawn_file.not_run_reason()
     if not_run:
         if not settings.allow_skip:
@@ -81,6 +83,17 @@ def configure() -> None:
         except FaultSpecError as error:
             die(str(error))
     os.environ[_CONFIGURED] = "1"
+
+
+def prepare_plugin() -> None:
+    """After torch, before torch's suite, in every process: a plugin backend registered and described (plugins.py)."""
+    plugin = plugins.for_backend(os.environ.get("BACKEND", ""))
+    if plugin is None:
+        return
+    try:
+        plugins.prepare(plugin)
+    except plugins.PluginError as error:
+        die(f"{error}\n  No rank was started.")
 
 
 def _lease_gpus(settings: settings_lib.Settings) -> None:
@@ -126,7 +139,8 @@ def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | No
     import torch.distributed as dist
 
     available = {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available, "ucc": dist.is_ucc_available}
-    if not available[backend]():
+    # A plugin backend is available once prepare_plugin() saw its package register it.
+    if backend in available and not available[backend]():
         return (f"this torch build ({torch.__version__}) has no {backend} backend. Bring a torch built with it "
                 f"(PyPI's builds have gloo and nccl, not ucc or mpi): a wheel, --repo_env=DIST_TESTS_TORCH_WHEEL=PATH "
                 "--repo_env=DIST_TESTS_TORCH_WHEEL_SHA256=SHA256, or an interpreter that has one, "

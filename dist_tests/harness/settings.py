@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 
-from dist_tests.harness import matrix
+from dist_tests.harness import matrix, plugins
 
 # What the ranks of a target need: "gpu" ranks each need a GPU of their own.
 DEVICES = ("cpu", "gpu")
@@ -50,6 +50,7 @@ class Settings:
     rank_threads: int  # intra-op threads per rank: a fair share of the cores the target reserved
     line_env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the matrix line's `env`
     reruns: int = 0  # times a failing test is rerun in fresh ranks (DIST_TESTS_RERUNS)
+    plugin: plugins.Plugin | None = None  # a backend shipped as its own package (its line's `plugin`)
 
     @property
     def uses_gpu(self) -> bool:
@@ -190,6 +191,12 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         line = matrix.find_line(backend, world_size, device) or {}
     except matrix.MatrixError as error:
         raise SettingsError(str(error)) from None
+    try:
+        plugin = plugins.for_backend(backend)
+        if plugin:
+            plugins.check_findable(plugin)
+    except plugins.PluginError as error:
+        raise SettingsError(str(error)) from None
     timeout = _positive_int(env, "TEST_TIMEOUT")
     per_test = _positive_int(env, "DIST_TESTS_PER_TEST_TIMEOUT")
     outputs = env.get("TEST_UNDECLARED_OUTPUTS_DIR") or None
@@ -208,5 +215,6 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         rank_threads=max(1, reserved_cpus(env) // world_size),
         line_env=line.get("env", {}),
         reruns=_reruns(env),
+        plugin=plugin,
     )
 

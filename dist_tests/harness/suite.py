@@ -201,6 +201,12 @@ class SpawnHarness:
         self._dist_cause = None
         self._dist_abnormal = False  # a timeout or a rank killed by a signal
         super().setUp()  # type: ignore[misc]
+        plugin = RUN.settings.plugin if RUN.settings else None
+        if plugin and plugin.init_method != "file":
+            # torch's setUp chose a FileStore; a backend that cannot use one rendezvous over TCP on a fresh port.
+            port = ranks.free_port()
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            os.environ["INIT_METHOD"] = "env://" if plugin.init_method == "env" else f"tcp://127.0.0.1:{port}"
 
     def _log_dir(self) -> str:
         base = RUN.settings.work_dir if RUN.settings else os.environ.get("TMPDIR", "/tmp")
