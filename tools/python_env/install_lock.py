@@ -56,7 +56,8 @@ def install_uv(python: str, into: str, installer_lock: str) -> str:
 
 
 def pip_config(python: str) -> dict[str, str]:
-    """pip's effective settings by name (index-url, find-links, ...): PIP_* variables win, then install., then global."""
+    """pip's effective settings by name (index-url, find-links, ...): PIP_* variables win, then install.,
+    then global."""
     out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True,
                          env=clean_environ()).stdout
     ranked: dict[str, tuple[int, str]] = {}
