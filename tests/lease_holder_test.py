@@ -1,6 +1,6 @@
 """Leases GPUs as a GPU target does (the harness's own configure()), records them, and holds them.
 
-For the lease tests (tests/test_gpu_leases.py) and tools/gpu_lease_benchmark. No CUDA needed:
+For the lease tests (tests/test_gpu_leases.py) and tools/gpu/lease_benchmark. No CUDA needed:
 stand-in indices come from DIST_TESTS_GPUS. It writes one JSON record per run into
 LEASE_RECORDS_DIR (a folder the caller makes writable), when it holds the lease and again when
 it lets go, and holds until LEASE_RELEASE_FILE exists, or for LEASE_HOLD_S seconds. With

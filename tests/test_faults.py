@@ -26,7 +26,8 @@ def marked_processes(mark: str) -> list[str]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if mark.encode() in pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                found.append(f"{pid} " + pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+                cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append(f"{pid} {cmdline}")
         except OSError:  # ended meanwhile, or not ours to read
             continue
     return found

@@ -54,7 +54,8 @@ def test_a_server_that_initialised_the_driver_is_not_used_and_the_run_says_so_on
     warning = f"the forkserver cannot be used: the CUDA driver ({libcuda}) is initialised in the forkserver"
     assert run.stderr.count(warning) == 1
     assert "1 passed, 0 failed" in run.stderr and FALLBACK in run.stderr
-    assert f"start method: spawn (fell back from the forkserver: the CUDA driver ({libcuda}) is initialised" in run.stderr
+    assert (f"start method: spawn (fell back from the forkserver: the CUDA driver ({libcuda}) is initialised"
+            in run.stderr)
     # The report lists the shard's fallback, from the XML's property.
     events = tmp_path / "events.json"
     lines = [result_event("//dist_tests:gloo_2", 1, "PASSED", xml), summary_event("//dist_tests:gloo_2", "PASSED", 1),
@@ -64,7 +65,8 @@ def test_a_server_that_initialised_the_driver_is_not_used_and_the_run_says_so_on
                              str(events), "--testlogs", str(tmp_path / "none"), "--out", str(tmp_path / "report")],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert report.returncode == 0, report.stdout + report.stderr
-    assert "~ //dist_tests:gloo_2 shard 1: ranks by spawn (fell back from the forkserver: the CUDA driver" in report.stdout
+    assert ("~ //dist_tests:gloo_2 shard 1: ranks by spawn (fell back from the forkserver: the CUDA driver"
+            in report.stdout)
     assert "## Start-method fallbacks" in (tmp_path / "report" / "report.md").read_text()
 
 
@@ -73,7 +75,8 @@ def test_asking_for_the_forkserver_makes_an_unclean_server_an_error_before_any_r
     run = run_probe(python, tmp_path, PROBE_LIBCUDA=libcuda, PROBE_LIBCUDA_INIT="1",
                     DIST_TESTS_START_METHOD="forkserver")
     assert run.returncode == 3, run.stdout + run.stderr
-    assert f"DIST_TESTS_START_METHOD=forkserver, but the CUDA driver ({libcuda}) is initialised in the forkserver" in run.stderr
+    assert (f"DIST_TESTS_START_METHOD=forkserver, but the CUDA driver ({libcuda}) is initialised in the forkserver"
+            in run.stderr)
     assert not list(tmp_path.glob("rank*.json")), "no rank may run"
     assert time.monotonic() - started < 120
 

@@ -31,6 +31,7 @@ def test_its_checks_pass_on_cpu_tensors(python):
     assert lines == ["PASS  gloo-cpu-forkserver", "PASS  nccl_2-needs-2-gpus", "PASS  gloo_2-matches-upstream",
                      "PASS  two-leases-disjoint"]
     compared = next(line for line in run.stdout.splitlines() if line.startswith("PASS  gloo_2-matches-upstream"))
-    assert re.search(r"harness 11 tests \(.*\) in [\d.]+ s, ranks by forkserver; upstream's way 11 tests \(.*\) in [\d.]+ s; "
+    assert re.search(r"harness 11 tests \(.*\) in [\d.]+ s, ranks by forkserver; "
+                     r"upstream's way 11 tests \(.*\) in [\d.]+ s; "
                      r"time ratio [\d.]+; per-test outcomes equal", compared), compared
     assert "gpu_check: 4 passed, 0 failed" in run.stdout

@@ -48,7 +48,8 @@ tools/bazel {bazel_args} test //dist_tests:gloo_2 {FILTER} --nocache_test_result
   --test_output=errors
 """
     try:
-        run = subprocess.run(["unshare", "-m", "bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        run = subprocess.run(["unshare", "-m", "bash", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                             timeout=900)
     finally:
         subprocess.run([str(ROOT / "tools/bazel"), bazel_args, "shutdown"], cwd=ROOT, capture_output=True)
         subprocess.run(["chmod", "-R", "u+w", str(output_base)], check=False)
@@ -71,14 +72,16 @@ def fake_torch_interpreter(tmp_path: pathlib.Path, host: pathlib.Path) -> tuple[
     info = site / "torch-9.9.9.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 9.9.9\n")
-    (info / "RECORD").write_text("torch/version.py,,\ntorch-9.9.9.dist-info/METADATA,,\ntorch-9.9.9.dist-info/RECORD,,\n")
+    (info / "RECORD").write_text("torch/version.py,,\n"
+                                 "torch-9.9.9.dist-info/METADATA,,\ntorch-9.9.9.dist-info/RECORD,,\n")
     return venv / "bin" / "python3", info / "RECORD"
 
 
 def test_the_interpreters_own_torch_is_fingerprinted_and_checked(tmp_path, python, fresh_output_base):
     interpreter, record = fake_torch_interpreter(tmp_path, host_prefix(python))
-    run = bazel("build", "@dist_python//:runtime", "@dist_python_cpu//:site_packages", f"--repo_env=DIST_TESTS_PYTHON={interpreter}",
-                "--repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1", startup=fresh_output_base)
+    run = bazel("build", "@dist_python//:runtime", "@dist_python_cpu//:site_packages",
+                f"--repo_env=DIST_TESTS_PYTHON={interpreter}", "--repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1",
+                startup=fresh_output_base)
     assert run.returncode == 0, run.output
     environment = tmp_path / "output_base" / "external" / "dist_python"
     identity = (environment / "python_identity.txt").read_text()

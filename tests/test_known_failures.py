@@ -24,7 +24,8 @@ def known_list(tmp_path):
 def run_with(known_list, fault):
     return bazel(
         "test", TARGET, FILTER, "--test_sharding_strategy=disabled", "--nocache_test_results",
-        f"--test_env=DIST_TESTS_KNOWN_FAILURES={known_list}", f"--test_env=DIST_TESTS_FAULT={fault}:1:test_all_reduce_sum",
+        f"--test_env=DIST_TESTS_KNOWN_FAILURES={known_list}",
+        f"--test_env=DIST_TESTS_FAULT={fault}:1:test_all_reduce_sum",
     )
 
 
@@ -42,7 +43,8 @@ def test_a_listed_test_failing_by_an_exception_is_a_known_failure_counted_apart(
         [python, str(ROOT / "tools/report.py"), "--matrix=gloo_2", f"--events={ROOT / testlogs.EVENTS_FILE}",
          f"--out={tmp_path / 'report'}"], capture_output=True, text=True, check=True,
     ).stdout
-    assert row(table, "gloo_2")[0] == [1, 0, 0, 1, 0, 0, 0]  # passed, flaky, skipped, known, failed, did not run, timed out
+    # passed, flaky, skipped, known, failed, did not run, timed out
+    assert row(table, "gloo_2")[0] == [1, 0, 0, 1, 0, 0, 0]
 
 
 def test_a_listed_test_killed_by_a_signal_is_reported_as_that(known_list):

@@ -1,9 +1,9 @@
 """tools/bazel: finds Bazel, says how to install it when it cannot, refuses coverage clearly."""
 
+import concurrent.futures
 import os
 import shutil
 import subprocess
-import concurrent.futures
 
 from conftest import BAZEL, ROOT
 

@@ -86,7 +86,8 @@ def test_a_selection_whose_every_test_skips_does_not_pass():
     assert run.returncode != 0
     log = shard_log(TARGET)
     assert "was skipped, so this run tested nothing" in log
-    run = bazel("test", TARGET, "--test_filter=test_all_reduce_sum_cuda", "--test_env=DIST_TESTS_ALLOW_SKIP=1", "--nocache_test_results")
+    run = bazel("test", TARGET, "--test_filter=test_all_reduce_sum_cuda", "--test_env=DIST_TESTS_ALLOW_SKIP=1",
+                "--nocache_test_results")
     assert run.returncode == 0, run.output
 
 

@@ -15,7 +15,8 @@ FILTER = "--test_filter=test_all_reduce_sum test_broadcast"
 def copy_workspace(dest):
     """The working tree as a fresh clone would have it (tracked and new files, nothing ignored)."""
     files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True,
+        check=True
     ).stdout.decode().split("\0")
     for name in filter(None, files):
         source = ROOT / name

@@ -57,7 +57,8 @@ class Cluster:
         for log in sorted((self.state / "logs").glob("worker-*.log")):
             for line in log.read_text().splitlines():
                 if (m := ACTION_LINE.search(line)) and m["event"] == event:
-                    found.append(Action(m["digest"], m["event"], m["pool"], m["worker"], m["target"], m["shard"], m["rest"]))
+                    found.append(Action(m["digest"], m["event"], m["pool"], m["worker"], m["target"], m["shard"],
+                                        m["rest"]))
         return found
 
     def pid(self, name: str) -> int:

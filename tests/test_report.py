@@ -20,14 +20,14 @@ PASSED_SHARD = """<?xml version="1.0"?>
 <testcase name="test_a" status="run" result="completed" time="1" classname="T"></testcase>
 <testcase name="test_b" status="notrun" result="suppressed" time="0" classname="T"><skipped message="Need at least 2 CUDA devices"></skipped></testcase>
 <testcase name="test_c" status="notrun" result="suppressed" time="0" classname="T"><skipped message="Need at least 2 CUDA devices"></skipped></testcase>
-</testsuite></testsuites>"""
+</testsuite></testsuites>"""  # noqa: E501 (one test case a line)
 
 FAILED_SHARD = """<?xml version="1.0"?>
 <testsuites tests="2" time="2.0"><testsuite name="T" tests="2" time="2.0">
 <testcase name="test_d" status="run" result="completed" time="1" classname="T"></testcase>
 <testcase name="test_e" status="run" result="completed" time="1" classname="T"><error message="rank 1 was killed by SIGKILL" type="RuntimeError"><![CDATA[trace]]></error></testcase>
 <testcase name="test_f" status="run" result="completed" time="2" classname="T"><flakyError message="attempt 1: rank 0 raised an exception" type="RuntimeError"><stackTrace><![CDATA[trace]]></stackTrace></flakyError></testcase>
-</testsuite></testsuites>"""
+</testsuite></testsuites>"""  # noqa: E501 (one test case a line)
 
 
 def write(path: pathlib.Path, text: str) -> pathlib.Path:
@@ -109,7 +109,8 @@ def test_synthetic_edge_cases(python, synthetic_events, tmp_path):
     assert row(table, "nccl_2") == ([1, 0, 2, 0, 0, 0, 1], "timed out 1 run: timed out")
     assert row(table, "nccl_4") == ([1, 0, 2, 0, 0, 0, 0], "flaky 1 run: flaky")  # the retry's results only
     assert row(table, "ucc_2")[1] == "not in the last invocation -"
-    assert row_words(table, "gloo_gpu_2")[1:4] == ["gloo", "gpu", "2"]  # gloo's GPU line is gloo on 2 ranks, not a backend of its own
+    # gloo's GPU line is gloo on 2 ranks, not a backend of its own
+    assert row_words(table, "gloo_gpu_2")[1:4] == ["gloo", "gpu", "2"]
     md = (tmp_path / "out/report.md").read_text()
     assert "tools/bazel test //dist_tests:gloo_2 --test_filter=test_e" in md
     assert "| 6 | Need at least 2 CUDA devices |" in md
@@ -136,7 +137,8 @@ def test_the_report_describes_the_latest_invocation_only(tmp_path):
     assert row(report.output, "gloo_2") == ([3, 0, 0, 0, 0, 0, 0], "passed 3 runs: 3 passed")
     assert row(report.output, "gloo_3") == ([3, 0, 0, 0, 0, 0, 0], "passed 3 runs: 3 passed")
 
-    run = bazel("test", "//dist_tests:gloo_2", "--test_filter=test_all_reduce_sum test_all_reduce_sum_cuda test_broadcast",
+    run = bazel("test", "//dist_tests:gloo_2",
+                "--test_filter=test_all_reduce_sum test_all_reduce_sum_cuda test_broadcast",
                 "--test_env=DIST_TESTS_ALLOW_SKIP=1", "--nocache_test_results")
     assert run.returncode == 0, run.output
     out = tmp_path / "second"

@@ -36,7 +36,8 @@ def shell_env(cache: pathlib.Path) -> dict[str, str]:
     return {**env, "XDG_CACHE_HOME": str(cache)}
 
 
-def tool(action: str, state: pathlib.Path, env: dict[str, str], python: str | None = None) -> subprocess.CompletedProcess:
+def tool(action: str, state: pathlib.Path, env: dict[str, str],
+         python: str | None = None) -> subprocess.CompletedProcess:
     """tools/remote_execution ACTION on a small cluster (one cpu worker), run by a shell or, given
     python, by a process of that interpreter."""
     argv = [TOOL, action, "--dir", str(state)]

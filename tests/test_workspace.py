@@ -28,7 +28,8 @@ def test_an_interpreter_of_another_version_is_refused(fresh_output_base, tmp_pat
     fake = tmp_path / "python3.9"
     fake.write_text("#!/bin/sh\necho /opt/fake/bin/python3.9\necho 3.9\n")
     fake.chmod(0o755)
-    run = bazel("build", "//tests:locked_env_cpu_test", f"--repo_env=DIST_TESTS_PYTHON={fake}", startup=fresh_output_base)
+    run = bazel("build", "//tests:locked_env_cpu_test", f"--repo_env=DIST_TESTS_PYTHON={fake}",
+                startup=fresh_output_base)
     assert run.returncode != 0
     assert "is Python 3.9" in run.output
     assert "locked for Python 3.11" in run.output

@@ -35,7 +35,8 @@ class GlooOnDevice(suite.StandaloneSpawnCase):
         return torch.device("cuda", 0) if kind == "cuda" else torch.device("cpu")
 
     def _init(self) -> torch.device:
-        dist.init_process_group("gloo", init_method=f"file://{self.file_name}", rank=self.rank, world_size=self.world_size)
+        dist.init_process_group("gloo", init_method=f"file://{self.file_name}", rank=self.rank,
+                                world_size=self.world_size)
         return self._device()
 
     def test_all_reduce(self) -> None:

@@ -252,7 +252,8 @@ class Worker:
                 env = {v.name: v.value for v in command.environment_variables}
                 LOG.info("action %s started pool=%s worker=%s target=%s shard=%s platform=%s", digest,
                          self.args.pool, self.args.name, env.get("TEST_TARGET", "-"), env.get("TEST_SHARD_INDEX", "-"),
-                         ",".join(f"{p.name}={p.value}" for p in (action.platform.properties or command.platform.properties)))
+                         ",".join(f"{p.name}={p.value}"
+                                  for p in (action.platform.properties or command.platform.properties)))
                 meta.input_fetch_start_timestamp.GetCurrentTime()
                 started = time.monotonic()
                 files, fetched = cache.materialize(action.input_root_digest, work / "root")

@@ -180,7 +180,8 @@ def terminal_table(results: list[TargetResult], invocation: testlogs.Invocation 
     lines = [_about(invocation), "", header, "-" * len(header)]
     for r in results:
         time_text = f"{r.seconds:.1f}s" if r.ran else "-"
-        lines.append(f"{r.name:<10} {r.backend:<8} {r.device:<6} {r.world_size:>5} " + " ".join(f"{n:>9}" for n in _counts(r))
+        lines.append(f"{r.name:<10} {r.backend:<8} {r.device:<6} {r.world_size:>5} "
+                     + " ".join(f"{n:>9}" for n in _counts(r))
                      + f" {time_text:>8}  {r.status:<26}  {r.runs}")
     for r in results:
         for problem in r.problems:
@@ -268,13 +269,15 @@ def html_page(results: list[TargetResult], invocation: testlogs.Invocation | Non
                 continue
             css = "not-run" if not r.ran else r.status.replace(" ", "-")
             extra = "".join(f", {n} {word}" for n, word in ((r.flaky, "flaky"), (r.known, "known failures"),
-                                                            (r.not_run, "did not run"), (r.timed_out, "timed out")) if n)
+                                                            (r.not_run, "did not run"), (r.timed_out, "timed out"))
+                            if n)
             counts = "" if not r.ran else (
                 f"<div class='counts'>{esc(r.runs)}<br>{r.passed} passed, {r.skipped} skipped, {r.failed} failed"
                 f"{extra}<br>{r.seconds:.1f} s, {r.shards} shard(s)</div>")
             cells.append(f"<td class='{css}'><div class='cell-name'>{esc(r.name)}: {esc(r.status)}</div>{counts}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    body = ["<h1>dist_tests matrix</h1>", f"<p>{esc(_about(invocation))}</p>", f"<table class='grid'>{''.join(rows)}</table>"]
+    body = ["<h1>dist_tests matrix</h1>", f"<p>{esc(_about(invocation))}</p>",
+            f"<table class='grid'>{''.join(rows)}</table>"]
     failures = [(r, f) for r in results for f in r.failures]
     body.append(f"<h2>Failures ({len(failures)})</h2>")
     if failures:
@@ -293,7 +296,8 @@ def html_page(results: list[TargetResult], invocation: testlogs.Invocation | Non
             f"<li><code>{esc(r.label)}</code> {esc(f)}</li>" for r, f in fallbacks) + "</ul>")
     problems = [(r, p) for r in results for p in r.problems]
     if problems:
-        body.append("<h2>Unreadable results</h2><ul>" + "".join(f"<li><code>{esc(r.label)}</code>: {esc(p)}</li>" for r, p in problems) + "</ul>")
+        body.append("<h2>Unreadable results</h2><ul>"
+                    + "".join(f"<li><code>{esc(r.label)}</code>: {esc(p)}</li>" for r, p in problems) + "</ul>")
     reasons = _all_skip_reasons(results)
     body.append(f"<h2>Skip reasons and known failures ({sum(reasons.values())} tests)</h2>")
     if reasons:
@@ -307,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     workspace = pathlib.Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."))
     parser.add_argument("--matrix", required=True, type=parse_matrix,
-                        help="comma-separated NAME:BACKEND:WORLD_SIZE:DEVICE, e.g. gloo_gpu_2:gloo:2:gpu, or bare names")
+                        help="comma-separated NAME:BACKEND:WORLD_SIZE:DEVICE, e.g. gloo_gpu_2:gloo:2:gpu, "
+                             "or bare names")
     parser.add_argument("--events", type=pathlib.Path, default=workspace / testlogs.EVENTS_FILE,
                         help="the build event JSON file of the invocation to report")
     parser.add_argument("--testlogs", type=pathlib.Path, default=workspace / "bazel-testlogs",
@@ -325,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "report.md").write_text(markdown(results, invocation))
     (args.out / "report.html").write_text(html_page(results, invocation))
     print(f"\nwrote {args.out / 'report.md'} and {args.out / 'report.html'}")
-    newer = testlogs.newer_results(invocation, args.testlogs / "dist_tests") if invocation and args.testlogs.is_dir() else []
+    newer = (testlogs.newer_results(invocation, args.testlogs / "dist_tests")
+             if invocation and args.testlogs.is_dir() else [])
     if newer:
         print(f"report: {len(newer)} test.xml file(s) under {args.testlogs} (the first: {newer[0]}) are newer than "
               f"{args.events}: a later `bazel test` did not write its build events there (was it given another "

@@ -100,8 +100,8 @@ def _listing(gpus: list[int]) -> str:
 def lock_folder(env: Mapping[str, str]) -> str:
     """The host-wide lock folder, created open to every user (the GPUs are the host's); checked writable."""
     path = env.get("DIST_TESTS_GPU_LOCK_DIR") or DEFAULT_LOCK_DIR
-    fix = (f"set DIST_TESTS_GPU_LOCK_DIR to a folder that every run on this host can write, and under Bazel "
-           f"make it writable in the sandbox (--sandbox_writable_path=DIR in user.bazelrc)")
+    fix = ("set DIST_TESTS_GPU_LOCK_DIR to a folder that every run on this host can write, and under Bazel "
+           "make it writable in the sandbox (--sandbox_writable_path=DIR in user.bazelrc)")
     if not os.path.isabs(path):
         raise LeaseError(f"DIST_TESTS_GPU_LOCK_DIR={path!r} is not an absolute path: {fix}.")
     try:

@@ -9,7 +9,8 @@ Under Bazel the file is in the harness's runfiles; by hand it is in the workspac
 import ast
 import os
 
-TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools", "dist_tests.bzl")
+TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools",
+                     "dist_tests.bzl")
 
 
 class MatrixError(Exception):

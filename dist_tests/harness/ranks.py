@@ -26,7 +26,8 @@ from typing import Any
 from dist_tests.harness.state import ATTEMPT_VARIABLE
 
 # Collectives a fault is injected into: the first one a test calls in the chosen rank.
-_FAULT_COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "reduce", "gather", "scatter", "barrier", "all_to_all", "reduce_scatter")
+_FAULT_COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "reduce", "gather", "scatter", "barrier", "all_to_all",
+                      "reduce_scatter")
 FAULT_KINDS = ("kill", "raise", "hang")
 # Exit code of a forked rank that finds torch's CUDA unusable in it: outside torch's own codes
 # (10 and 72..89), so the parent can tell it apart and rerun the test with spawn.
@@ -206,7 +207,8 @@ def socket_folder_base(env: Mapping[str, str] = os.environ) -> str:
         # Room for "/dist_tests-XXXXXXXX/fs-PID-XXXXXXXXXXXX" below the base.
         if base and len(os.fsencode(base)) + 48 <= _SOCKET_PATH_LIMIT and os.access(base, os.W_OK | os.X_OK):
             return base
-    raise OSError(f"no writable folder with a path short enough for a Unix socket (tried TMPDIR, {', '.join(_SOCKET_FOLDER_BASES)})")
+    raise OSError("no writable folder with a path short enough for a Unix socket "
+                  f"(tried TMPDIR, {', '.join(_SOCKET_FOLDER_BASES)})")
 
 
 def _remove_on_sigterm(folder: str) -> None:

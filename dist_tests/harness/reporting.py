@@ -143,7 +143,8 @@ class _Result(xml_reporter._TextAndXMLTestResult):
         # The start method in the XML too (tools/report.py lists fallbacks): a testsuites property.
         self.suite._testsuites_properties[START_METHOD_PROPERTY] = RUN.start_method_note()
         super().stopTestRun()
-        reasons = collections.Counter(reason for _, reason in self.skipped if not reason.startswith(KNOWN_FAILURE_PREFIX))
+        reasons = collections.Counter(reason for _, reason in self.skipped
+                                      if not reason.startswith(KNOWN_FAILURE_PREFIX))
         known = collections.Counter(reason for _, reason in self.skipped if reason.startswith(KNOWN_FAILURE_PREFIX))
         failed = len(self.failures) + len(self.errors) - self._summaries - len(self._not_run)
         passed = self.testsRun - len(self.failures) - len(self.errors) - len(self.skipped)
@@ -158,7 +159,8 @@ class _Result(xml_reporter._TextAndXMLTestResult):
                 self.stream.writeln(f"  {repro_command(name)}")
         if self._flaky:
             self.stream.writeln(f"Flaky, passed only on a rerun: {', '.join(self._flaky)}")
-        self.stream.writeln(f"{_target()}: {passed} passed, {failed} failed, {len(self.skipped) - self._known} skipped, "
+        self.stream.writeln(f"{_target()}: {passed} passed, {failed} failed, "
+                            f"{len(self.skipped) - self._known} skipped, "
                             f"{self._known} known failures, {len(self._not_run)} did not run, {len(self._flaky)} flaky"
                             + (f", on leased GPUs {RUN.gpu_lease.names()}" if RUN.gpu_lease else "")
                             + (", ranks by spawn after a forkserver fallback" if RUN.start_method_fallback else ""))

@@ -63,7 +63,8 @@ def configure() -> None:
     if settings.line_env:
         given = " ".join(f"{name}={os.environ[name]}" + ("" if os.environ[name] == value else " (given)")
                          for name, value in sorted(settings.line_env.items()))
-        print(f"dist_tests: {settings.target} runs with its matrix line's settings: {given}", file=sys.stderr, flush=True)
+        print(f"dist_tests: {settings.target} runs with its matrix line's settings: {given}", file=sys.stderr,
+              flush=True)
     # Each rank's share of the cores the target reserved (its cpu:N tag); a user's value wins.
     os.environ.setdefault("OMP_NUM_THREADS", str(settings.rank_threads))
     # Failures print this harness's own repro command; torch's would name a file that isn't there.

@@ -91,22 +91,28 @@ def _world_size(env: Mapping[str, str], device: str) -> int:
     least = 1 if device == "gpu" else 2
     value = env.get("WORLD_SIZE")
     if value is None or not value.strip():
-        raise SettingsError(f"WORLD_SIZE is not set. Set it to the number of ranks, an integer >= {least} (for example WORLD_SIZE=2).")
+        raise SettingsError(f"WORLD_SIZE is not set. Set it to the number of ranks, an integer >= {least} "
+                            "(for example WORLD_SIZE=2).")
     try:
         size = int(value.strip())
     except ValueError:
-        raise SettingsError(f"WORLD_SIZE={value!r} is not an integer. Set it to the number of ranks, an integer >= {least}.") from None
+        raise SettingsError(f"WORLD_SIZE={value!r} is not an integer. Set it to the number of ranks, "
+                            f"an integer >= {least}.") from None
     if size < 1:
-        raise SettingsError(f"WORLD_SIZE={size} is too small: the spawn suite needs at least 1 rank on a GPU, 2 on CPU.")
+        raise SettingsError(
+            f"WORLD_SIZE={size} is too small: the spawn suite needs at least 1 rank on a GPU, 2 on CPU.")
     if size < least:
         raise SettingsError(
-            f"WORLD_SIZE={size} is too small for device class {device!r}: on CPU the spawn suite needs at least 2 ranks. "
-            "One rank runs only on a GPU host, as upstream does there: set DIST_TESTS_DEVICE=gpu (targets nccl_1, gloo_gpu_1)."
+            f"WORLD_SIZE={size} is too small for device class {device!r}: "
+            "on CPU the spawn suite needs at least 2 ranks. "
+            "One rank runs only on a GPU host, as upstream does there: "
+            "set DIST_TESTS_DEVICE=gpu (targets nccl_1, gloo_gpu_1)."
         )
     limit = max_world_size()
     if size > limit:
         raise SettingsError(
-            f"WORLD_SIZE={size} is more ranks than this machine ({os.cpu_count()} cores) can run: the limit here is {limit}. "
+            f"WORLD_SIZE={size} is more ranks than this machine ({os.cpu_count()} cores) can run: "
+            f"the limit here is {limit}. "
             "Use a smaller world size, or raise the limit with DIST_TESTS_MAX_WORLD_SIZE."
         )
     return size
@@ -120,9 +126,11 @@ def _shards(env: Mapping[str, str]) -> None:
     if total is None or index is None:
         raise SettingsError("TEST_TOTAL_SHARDS and TEST_SHARD_INDEX must be set together (Bazel sets both).")
     if not (total.isdigit() and index.isdigit()):
-        raise SettingsError(f"TEST_TOTAL_SHARDS={total!r} and TEST_SHARD_INDEX={index!r} must be non-negative integers.")
+        raise SettingsError(
+            f"TEST_TOTAL_SHARDS={total!r} and TEST_SHARD_INDEX={index!r} must be non-negative integers.")
     if int(total) < 1 or int(index) >= int(total):
-        raise SettingsError(f"TEST_SHARD_INDEX={index} must be below TEST_TOTAL_SHARDS={total}, which must be at least 1.")
+        raise SettingsError(
+            f"TEST_SHARD_INDEX={index} must be below TEST_TOTAL_SHARDS={total}, which must be at least 1.")
 
 
 def _positive_int(env: Mapping[str, str], name: str) -> int | None:
@@ -139,8 +147,9 @@ def _reruns(env: Mapping[str, str]) -> int:
     if not value:
         return 0
     if not value.isdigit() or int(value) > MAX_RERUNS:
-        raise SettingsError(f"DIST_TESTS_RERUNS={value!r} must be an integer from 0 to {MAX_RERUNS}: the times a failing "
-                            "test is rerun in fresh ranks (for example --test_env=DIST_TESTS_RERUNS=1).")
+        raise SettingsError(f"DIST_TESTS_RERUNS={value!r} must be an integer from 0 to {MAX_RERUNS}: "
+                            "the times a failing test is rerun in fresh ranks "
+                            "(for example --test_env=DIST_TESTS_RERUNS=1).")
     return int(value)
 
 
@@ -149,7 +158,8 @@ def reserved_cpus(env: Mapping[str, str]) -> int:
     value = env.get("DIST_TESTS_CPUS", "")
     if value:
         if not value.isdigit() or int(value) < 1:
-            raise SettingsError(f"DIST_TESTS_CPUS={value!r} must be a positive integer (the cores the target reserved).")
+            raise SettingsError(
+                f"DIST_TESTS_CPUS={value!r} must be a positive integer (the cores the target reserved).")
         return int(value)
     return len(os.sched_getaffinity(0))
 
@@ -168,7 +178,8 @@ def _work_dir(env: Mapping[str, str]) -> str:
         os.close(fd)
         os.unlink(probe)
     except OSError as error:
-        raise SettingsError(f"TEST_TMPDIR={base!r} is not writable ({error.strerror}). Point it at a writable folder.") from None
+        raise SettingsError(
+            f"TEST_TMPDIR={base!r} is not writable ({error.strerror}). Point it at a writable folder.") from None
     return base
 
 
@@ -186,7 +197,8 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     start_method = given or DEFAULT_START_METHOD
     if start_method not in START_METHODS:
         raise SettingsError(f"DIST_TESTS_START_METHOD={start_method!r}: use one of {', '.join(START_METHODS)} "
-                            f"(unset: {DEFAULT_START_METHOD}, falling back to spawn when the server cannot be proven clean).")
+                            f"(unset: {DEFAULT_START_METHOD}, "
+                            "falling back to spawn when the server cannot be proven clean).")
     try:
         line = matrix.find_line(backend, world_size, device) or {}
     except matrix.MatrixError as error:
@@ -209,7 +221,8 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         start_method_given=bool(given),
         work_dir=_work_dir(env),
         outputs_dir=outputs,
-        target=env.get("TEST_TARGET", f"//dist_tests:{matrix.target_name(line) if line else f'{backend}_{world_size}'}"),
+        target=env.get("TEST_TARGET",
+                       f"//dist_tests:{matrix.target_name(line) if line else f'{backend}_{world_size}'}"),
         deadline_s=float(timeout) if timeout else None,
         per_test_timeout_s=per_test,
         rank_threads=max(1, reserved_cpus(env) // world_size),

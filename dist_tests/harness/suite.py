@@ -112,7 +112,8 @@ def check_torch_internals() -> None:
         print(f"dist_tests: error: torch {torch.__version__} ({os.path.dirname(torch.__file__)}) lacks test internals "
               f"that this harness relies on: {'; '.join(missing)}.\n"
               "  The harness (dist_tests/harness/suite.py) is written for the lock's torch (third_party/python/"
-              "requirements_*_lock.txt); adapt that module to this torch, or use the lock's.", file=sys.stderr, flush=True)
+              "requirements_*_lock.txt); adapt that module to this torch, or use the lock's.",
+              file=sys.stderr, flush=True)
         sys.exit(SETUP_ERROR_EXIT_CODE)
 
 
@@ -272,8 +273,8 @@ class SpawnHarness:
                 why = (f"rank {bad_fork} of {self._testMethodName} found itself in a bad fork (torch says its "  # type: ignore[attr-defined]
                        "forkserver had initialised CUDA)")
                 if RUN.settings and RUN.settings.start_method_given:
-                    raise RuntimeError(f"{why}; DIST_TESTS_START_METHOD=forkserver makes that an error. Unset it to let "
-                                       "the run fall back to spawn, or set it to spawn.")
+                    raise RuntimeError(f"{why}; DIST_TESTS_START_METHOD=forkserver makes that an error. "
+                                       "Unset it to let the run fall back to spawn, or set it to spawn.")
                 RUN.fall_back_to_spawn(why)
                 for pipe in self.pid_to_pipe.values():
                     pipe.close()
@@ -298,7 +299,8 @@ class SpawnHarness:
             if ranks.BAD_FORK_EXIT_CODE in codes:
                 self._stop_ranks()
                 return start, codes.index(ranks.BAD_FORK_EXIT_CODE)
-            killed = [f"rank {r} was killed by {ranks.signal_name(c)}" for r, c in enumerate(codes) if c is not None and c < 0]
+            killed = [f"rank {r} was killed by {ranks.signal_name(c)}"
+                      for r, c in enumerate(codes) if c is not None and c < 0]
             if all(code is not None for code in codes):
                 if killed:  # every rank ended before the loop looked: name the signals all the same
                     self._dist_abnormal = True

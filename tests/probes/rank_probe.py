@@ -2,8 +2,8 @@
 
 Run with BACKEND=gloo, WORLD_SIZE, DIST_TESTS_START_METHOD and PROBE_OUT (a folder). Each rank
 writes PROBE_OUT/rankN.json (its thread counts, whether it was forked from the forkserver, and
-any CUDA entry points the forkserver's preload called when PROBE_FAKE_CUDA_BUILD=1), registers an atexit handler that writes
-PROBE_OUT/atexit.rankN, and leaves "c-stdio-tail-rankN" unflushed in C's stdout buffer.
+any CUDA entry points the forkserver's preload called when PROBE_FAKE_CUDA_BUILD=1), registers an
+atexit handler that writes PROBE_OUT/atexit.rankN, and leaves "c-stdio-tail-rankN" unflushed in C's stdout buffer.
 PROBE_POISONED_FORKSERVER=1 makes torch in the forked ranks report a bad fork, as after the
 server touched CUDA; PROBE_LIBCUDA maps a stand-in CUDA driver into the server
 (driver_in_server.py); PROBE_PRELOAD adds a module of that name to the server's preload.

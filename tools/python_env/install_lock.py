@@ -40,17 +40,24 @@ def clean_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def install_uv(python: str, into: str, installer_lock: str) -> str:
-    """Installs uv, pinned by hash in installer_lock.txt, with pip (pip's own sources); returns its path."""
+def install_tool(python: str, into: str, lock: str, command: str) -> str:
+    """Installs a tool's wheels, pinned by hash in lock, into the folder into with pip (pip's own sources),
+    from a clean environment; returns the path of its command."""
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
                     "--only-binary=:all:", "--require-hashes", "--ignore-installed", "--target", into,
-                    "--requirement", installer_lock],
+                    "--requirement", lock],
                    check=True, env=clean_environ())
-    return os.path.join(into, "bin", "uv")
+    return os.path.join(into, "bin", command)
+
+
+def install_uv(python: str, into: str, installer_lock: str) -> str:
+    """Installs uv, pinned by hash in installer_lock.txt, with pip (pip's own sources); returns its path."""
+    return install_tool(python, into, installer_lock, "uv")
 
 
 def pip_config(python: str) -> dict[str, str]:
-    """pip's effective settings by name (index-url, find-links, ...): PIP_* variables win, then install., then global."""
+    """pip's effective settings by name (index-url, find-links, ...): PIP_* variables win, then install.,
+    then global."""
     out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True,
                          env=clean_environ()).stdout
     ranked: dict[str, tuple[int, str]] = {}

@@ -105,7 +105,8 @@ def make_library_path_relative(binary: pathlib.Path) -> bool:
         start = strtab + value
         end = data.index(b"\0", start)
         if end - start < len(_RELATIVE_LIBRARY_PATH):
-            raise RelocationError(f"the interpreter's library path {data[start:end]!r} is too short to rewrite in place")
+            raise RelocationError(
+                f"the interpreter's library path {data[start:end]!r} is too short to rewrite in place")
         data[start:end] = _RELATIVE_LIBRARY_PATH.ljust(end - start, b"\0")
         changed = True
     binary.write_bytes(bytes(data))
@@ -117,7 +118,8 @@ def _stdlib_files(stdlib: pathlib.Path) -> list[pathlib.Path]:
     kept = []
     for folder, dirs, files in os.walk(stdlib):
         here = pathlib.Path(folder)
-        dirs[:] = sorted(d for d in dirs if d not in _DROPPED_DIRS and not d.startswith("config-") and d != "lib-dynload")
+        dirs[:] = sorted(d for d in dirs
+                         if d not in _DROPPED_DIRS and not d.startswith("config-") and d != "lib-dynload")
         for name in sorted(files):
             path = here / name
             if not path.is_symlink() and not name.endswith((".pyc", ".pyo", ".exe")):
