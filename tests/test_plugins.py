@@ -32,9 +32,10 @@ ANCHOR = '    struct(backend = "gloo", world_size = 4, device = "cpu", shard_cou
 # Declared: subgroups, not DDP; a TCP rendezvous instead of torch's FileStore.
 PLUGIN = ('{"features": ["subgroup"], "init_method": "tcp", "library": "//tests/plugin:example_backend", '
           '"module": "example_backend"}')
-LINE = f'    struct(backend = "example", world_size = 2, device = "cpu", shard_count = 4, timeout = "moderate", plugin = {PLUGIN}),\n'
-WHEEL_LINE = ('    struct(backend = "example", world_size = 2, device = "cpu", name = "example_from_wheel", shard_count = 4, '
-              'timeout = "moderate", plugin = {"features": ["subgroup"], "init_method": "tcp", '
+LINE = (f'    struct(backend = "example", world_size = 2, device = "cpu", shard_count = 4, timeout = "moderate", '
+        f'plugin = {PLUGIN}),\n')
+WHEEL_LINE = ('    struct(backend = "example", world_size = 2, device = "cpu", name = "example_from_wheel", '
+              'shard_count = 4, timeout = "moderate", plugin = {"features": ["subgroup"], "init_method": "tcp", '
               '"library": "@example_plugin//:library", "module": "example_backend"}),\n')
 # Why a test may skip on a backend of gloo's code where gloo's does not: a feature the line did
 # not declare (DDP), or the suite's own gate on a backend's name ("Only gloo ...", "one of {...}").
@@ -50,15 +51,16 @@ def example_wheel(folder: pathlib.Path) -> pathlib.Path:
     """tests/plugin/example_backend as a wheel, the way a vendor ships it."""
     name, version = "example_backend", "0.1"
     wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
     files = {f"{name}/__init__.py": (ROOT / "tests" / "plugin" / name / "__init__.py").read_bytes(),
-             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-             f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
     record = []
     for path, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
         record.append(f"{path},sha256={digest},{len(data)}")
-    record.append(f"{name}-{version}.dist-info/RECORD,,")
-    files[f"{name}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
     with zipfile.ZipFile(wheel, "w") as archive:
         for path, data in files.items():
             archive.writestr(path, data)
@@ -154,7 +156,8 @@ def test_a_plugin_from_a_hash_pinned_wheel_lock_runs_and_a_changed_wheel_stops_t
 
 def test_a_malformed_plugin_field_fails_at_load_naming_the_line(workspace):
     good = table(workspace).read_text()
-    table(workspace).write_text(good.replace('"init_method": "tcp", "library": "//tests', '"init": "tcp", "library": "//tests', 1))
+    bad = good.replace('"init_method": "tcp", "library": "//tests', '"init": "tcp", "library": "//tests', 1)
+    table(workspace).write_text(bad)
     try:
         run = bazel("query", "//dist_tests:all", workspace=workspace)
         assert run.returncode != 0

@@ -111,10 +111,10 @@ def prepare(plugin: Plugin) -> None:
     import torch.distributed as dist
 
     if plugin.backend not in dist.Backend.backend_list:
-        raise PluginError(f"{plugin.target}: importing its plugin module {plugin.module!r} did not register the backend "
-                          f"{plugin.backend!r} (torch.distributed knows {', '.join(dist.Backend.backend_list)}). The "
-                          f"module must call torch.distributed.Backend.register_backend({plugin.backend!r}, ...) "
-                          "when imported.")
+        registered = ", ".join(dist.Backend.backend_list)
+        raise PluginError(f"{plugin.target}: importing its plugin module {plugin.module!r} did not register the "
+                          f"backend {plugin.backend!r} (torch.distributed knows {registered}). The module must call "
+                          f"torch.distributed.Backend.register_backend({plugin.backend!r}, ...) when imported.")
     known["plugin"].add(plugin.backend)
     for feature in plugin.features:
         known[feature].add(plugin.backend)
