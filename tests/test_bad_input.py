@@ -30,6 +30,8 @@ CASES = [
     ("shards-not-numbers", {"TEST_TOTAL_SHARDS": "four", "TEST_SHARD_INDEX": "0"}, None, "non-negative integers"),
     ("tmpdir-missing", {"TEST_TMPDIR": "/nonexistent/dist_tests"}, None, "is not a folder"),
     ("tmpdir-unwritable", {"TEST_TMPDIR": "/sys"}, None, "is not writable"),
+    ("omp-threads-not-a-number", {"OMP_NUM_THREADS": "abc"}, None, "OMP_NUM_THREADS='abc' must be a positive integer"),
+    ("omp-threads-zero", {"OMP_NUM_THREADS": "0"}, None, "OMP_NUM_THREADS='0' must be a positive integer"),
     ("timeout-not-a-number", {"TEST_TIMEOUT": "soon"}, None, "must be a positive integer"),
     ("start-method-unknown", {"DIST_TESTS_START_METHOD": "thread"}, None, "use one of forkserver, spawn"),
     ("fault-malformed", {"DIST_TESTS_FAULT": "explode:x"}, None, "DIST_TESTS_FAULT='explode:x' is malformed"),

@@ -153,6 +153,14 @@ def _reruns(env: Mapping[str, str]) -> int:
     return int(value)
 
 
+def _omp_threads(env: Mapping[str, str]) -> None:
+    """A user's OMP_NUM_THREADS is every rank's thread count: libgomp would ignore a bad one with a warning."""
+    value = env.get("OMP_NUM_THREADS")
+    if value is not None and (not value.strip().isdigit() or int(value) < 1):
+        raise SettingsError(f"OMP_NUM_THREADS={value!r} must be a positive integer: the threads of each rank "
+                            "(unset, each rank gets its share of the cores the target reserved).")
+
+
 def reserved_cpus(env: Mapping[str, str]) -> int:
     """The cores this run may use: DIST_TESTS_CPUS (a CPU target's `cpu:N` tag), else this process's."""
     value = env.get("DIST_TESTS_CPUS", "")
@@ -209,6 +217,7 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
             plugins.check_findable(plugin)
     except plugins.PluginError as error:
         raise SettingsError(str(error)) from None
+    _omp_threads(env)
     timeout = _positive_int(env, "TEST_TIMEOUT")
     per_test = _positive_int(env, "DIST_TESTS_PER_TEST_TIMEOUT")
     outputs = env.get("TEST_UNDECLARED_OUTPUTS_DIR") or None
