@@ -1,1 +1,12 @@
-"""The harness that runs PyTorch's distributed spawn suite as a Bazel test."""
+"""The harness that runs PyTorch's distributed spawn suite as a Bazel test, in layers (tests/test_layers.py):
+
+1. what is read before torch loads: environment (the one writer of the process environment and the
+   list of every variable), cuda_driver, matrix, selection, known_failures, faults, plugins,
+   settings, ci_lists, gpu_leases;
+2. the run's state and time budget: state, budget;
+3. what faces torch: spawn_file, torch_internals (the one user of torch's private test internals),
+   ranks, forkserver, forkserver_proof, reruns, reporting;
+4. on top: suite (SpawnHarness), runner, plugin_preload.
+
+A module imports only from the layers below it.
+"""

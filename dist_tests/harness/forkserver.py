@@ -15,7 +15,7 @@ import multiprocessing
 import os
 from multiprocessing import forkserver as mp_forkserver
 
-from dist_tests.harness import ranks
+from dist_tests.harness import environment, ranks
 
 PRELOAD = [
     "torch",
@@ -27,10 +27,8 @@ PRELOAD = [
 # Read by common_utils at import: with it set, the import asks CUDA for its memory (cuInit).
 _DRIVER_INITIALISING_VARIABLES = ("NUM_PARALLEL_PROCS",)
 _START_TIMEOUT_S = 600.0
-# The proof module, preloaded last, and the variables that tell it where to write and what to expect.
+# The proof module, preloaded last (environment.forkserver_environment() tells it where to write).
 PROOF_MODULE = "dist_tests.harness.forkserver_proof"
-REPORT_VARIABLE = "DIST_TESTS_FORKSERVER_REPORT"
-PRELOAD_VARIABLE = "DIST_TESTS_FORKSERVER_PRELOAD"
 _proof: "Proof | None" = None
 # The folder that holds the dist_tests package: the workspace, or Bazel's runfiles.
 _WORKSPACE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,23 +63,8 @@ def start(extra_preload: list[str], report_dir: str) -> Proof:
     ranks.use_private_socket_folder()
     report = os.path.join(report_dir, f"forkserver-{os.getpid()}.json")
     # The server's environment is this process's while ensure_running() starts it.
-    saved = {name: os.environ.get(name) for name in (*_DRIVER_INITIALISING_VARIABLES, "PYTHONPATH")}
-    for name in _DRIVER_INITIALISING_VARIABLES:
-        os.environ.pop(name, None)
-    os.environ[REPORT_VARIABLE] = report
-    os.environ[PRELOAD_VARIABLE] = ",".join(preload)
-    # The server ignores this process's sys.path: run by hand, the workspace is only there.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_WORKSPACE, saved["PYTHONPATH"]) if p)
-    try:
+    with environment.forkserver_environment(_WORKSPACE, report, preload, _DRIVER_INITIALISING_VARIABLES):
         mp_forkserver.ensure_running()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        os.environ.pop(REPORT_VARIABLE)
-        os.environ.pop(PRELOAD_VARIABLE)
     try:
         first = context.Process(target=_started, name="forkserver-ready")
         first.start()

@@ -2,7 +2,7 @@
 
 multiprocessing's server imports its preload modules and drops an ImportError silently; it
 then forks every rank. So, after the other preloads and before any fork, this records in
-the file the parent named (REPORT_VARIABLE) which preload modules failed to import (and
+the file the parent named (FORKSERVER_REPORT) which preload modules failed to import (and
 why) and what the CUDA driver says of this process. The parent reads it (forkserver.py).
 In any other process the import does nothing.
 """
@@ -14,7 +14,7 @@ import sys
 import traceback
 
 from dist_tests.harness import cuda_driver
-from dist_tests.harness.forkserver import PRELOAD_VARIABLE, REPORT_VARIABLE
+from dist_tests.harness.environment import FORKSERVER_PRELOAD, FORKSERVER_REPORT
 
 
 def _import_errors(modules: list[str]) -> dict[str, str]:
@@ -32,7 +32,7 @@ def _import_errors(modules: list[str]) -> dict[str, str]:
 
 
 def _write_report(path: str) -> None:
-    modules = [m for m in os.environ.get(PRELOAD_VARIABLE, "").split(",") if m and m != __name__]
+    modules = [m for m in os.environ.get(FORKSERVER_PRELOAD, "").split(",") if m and m != __name__]
     state = cuda_driver.driver_state()
     report = {"pid": os.getpid(), "import_errors": _import_errors(modules), "driver": state.state,
               "library": state.library, "fork_safe": state.fork_safe}
@@ -41,5 +41,5 @@ def _write_report(path: str) -> None:
     os.replace(path + ".part", path)
 
 
-if os.environ.get(REPORT_VARIABLE):
-    _write_report(os.environ[REPORT_VARIABLE])
+if os.environ.get(FORKSERVER_REPORT):
+    _write_report(os.environ[FORKSERVER_REPORT])

@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 
+from dist_tests.harness import environment
+
 DEFAULT_LOCK_DIR = "/dev/shm/dist_tests_gpu_leases"
 _DRIVER_GPUS = "/proc/driver/nvidia/gpus"  # one folder per GPU the driver shows, named by PCI address
 _POLL_S = 0.5
@@ -232,13 +234,11 @@ def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None
         if env.get("DIST_TESTS_GPUS", "").strip() and not allow_skip:
             raise LeaseError(f"WORLD_SIZE={world_size} needs {world_size} GPUs, and {source} names {len(pool)}: "
                              f"name at least {world_size}.")
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, pool))
-        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        environment.show_gpus(",".join(map(str, pool)))
         return None
     folder = lock_folder(env)
     lease = acquire(pool, world_size, folder, describe_me(env), give_up_at, say, why_give_up)
-    os.environ["CUDA_VISIBLE_DEVICES"] = lease.names()
-    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    environment.show_gpus(lease.names())
     waited = f" after waiting {lease.waited_s:.1f} s" if lease.waited_s else ""
     say(f"leased GPUs {lease.names()} of {_listing(pool)} ({source}){waited}; locks in {folder}")
     return lease

@@ -10,8 +10,6 @@ spawned one does: atexit handlers run and Python's and C's stdio buffers are flu
 
 import atexit
 import ctypes
-import dataclasses
-import fnmatch
 import os
 import shutil
 import signal
@@ -23,70 +21,8 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dist_tests.harness.state import ATTEMPT_VARIABLE
-
-# Collectives a fault is injected into: the first one a test calls in the chosen rank.
-_FAULT_COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "reduce", "gather", "scatter", "barrier", "all_to_all",
-                      "reduce_scatter")
-FAULT_KINDS = ("kill", "raise", "hang")
-# Exit code of a forked rank that finds torch's CUDA unusable in it: outside torch's own codes
-# (10 and 72..89), so the parent can tell it apart and rerun the test with spawn.
-BAD_FORK_EXIT_CODE = 71
-
-
-class FaultSpecError(ValueError):
-    """DIST_TESTS_FAULT is malformed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Fault:
-    """DIST_TESTS_FAULT: which rank fails how, in which tests, on which attempts (None: every attempt)."""
-
-    kind: str
-    rank: int
-    test_glob: str = "*"
-    attempts: frozenset[int] | None = None
-
-    def applies(self, rank: int, test_name: str, attempt: int) -> bool:
-        return (rank == self.rank and fnmatch.fnmatchcase(test_name, self.test_glob)
-                and (self.attempts is None or attempt in self.attempts))
-
-
-def parse_fault(spec: str) -> Fault:
-    """Parses DIST_TESTS_FAULT=KIND:RANK[:TEST_GLOB[:ATTEMPTS]], for example 'kill:1:test_all_reduce_sum:1'.
-
-    ATTEMPTS is a comma-separated list of attempt numbers (DIST_TESTS_RERUNS): a fault on
-    attempt 1 only makes a test that passes on its rerun.
-    """
-    parts = spec.split(":")
-    attempts = parts[3].split(",") if len(parts) == 4 else []
-    if (len(parts) not in (2, 3, 4) or parts[0] not in FAULT_KINDS or not parts[1].isdigit()
-            or not all(a.isdigit() and int(a) >= 1 for a in attempts)):
-        raise FaultSpecError(
-            f"DIST_TESTS_FAULT={spec!r} is malformed: use KIND:RANK[:TEST_GLOB[:ATTEMPTS]] with KIND one of "
-            f"{', '.join(FAULT_KINDS)} and ATTEMPTS attempt numbers from 1, comma-separated, "
-            "for example kill:1:test_all_reduce_sum or raise:0:test_broadcast:1."
-        )
-    glob = parts[2] if len(parts) >= 3 and parts[2] else "*"
-    return Fault(parts[0], int(parts[1]), glob, frozenset(int(a) for a in attempts) if attempts else None)
-
-
-def _inject_fault(kind: str, rank: int) -> None:
-    """Makes this rank's first collective call fail the chosen way."""
-    import torch.distributed as dist
-
-    def fault(*args: Any, **kwargs: Any) -> None:
-        print(f"DIST_TESTS_FAULT: rank {rank} injects '{kind}' into a collective", file=sys.stderr, flush=True)
-        if kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if kind == "raise":
-            raise RuntimeError(f"DIST_TESTS_FAULT: injected error in rank {rank}")
-        while True:  # "hang": block inside the collective, as a lost peer would
-            time.sleep(3600)
-
-    for name in _FAULT_COLLECTIVES:
-        if hasattr(dist, name):
-            setattr(dist, name, fault)
+from dist_tests.harness import environment, faults
+from dist_tests.harness.environment import ATTEMPT
 
 
 def _redirect_output(log_path: str) -> None:
@@ -105,15 +41,14 @@ def run_rank(target: Callable[..., None], environ: Mapping[str, str], log_path: 
 
     `forked` says the rank came from the forkserver rather than a fresh interpreter.
     """
-    os.environ.clear()
-    os.environ.update(environ)
+    environment.become_rank(environ)
     if log_path:
         _redirect_output(log_path)
     try:
         if forked:
-            from dist_tests.harness import suite
+            from dist_tests.harness import torch_internals  # torch is loaded in a forked rank
 
-            suite.prepare_forked_rank(args)
+            torch_internals.prepare_forked_rank(args)
             _use_thread_share()
             _skip_inherited_exit_finalizers()
         _run_target(target, args, kwargs)
@@ -147,9 +82,9 @@ def _run_target(target: Callable[..., None], args: tuple, kwargs: dict) -> None:
     rank, test_name = args[0], args[1]
     spec = os.environ.get("DIST_TESTS_FAULT")
     if spec:
-        fault = parse_fault(spec)
-        if fault.applies(rank, test_name, int(os.environ.get(ATTEMPT_VARIABLE, "1"))):
-            _inject_fault(fault.kind, rank)
+        fault = faults.parse_fault(spec)
+        if fault.applies(rank, test_name, int(os.environ.get(ATTEMPT, "1"))):
+            faults.inject_fault(fault.kind, rank)
     outputs = os.environ.get("TEST_UNDECLARED_OUTPUTS_DIR")
     if os.environ.get("DIST_TESTS_TIMING") != "1" or not outputs:
         target(*args, **kwargs)

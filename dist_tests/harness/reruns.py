@@ -11,13 +11,14 @@ that did not start for lack of time; no rerun starts when too little time is lef
 """
 
 import dataclasses
-import os
 import sys
 import unittest
 from collections.abc import Callable
 from typing import Any
 
-from dist_tests.harness.state import ATTEMPT_VARIABLE, NOT_RUN_PREFIX, RUN
+from dist_tests.harness import environment
+from dist_tests.harness.budget import time_too_short_message
+from dist_tests.harness.state import NOT_RUN_PREFIX, RUN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +126,6 @@ def run_attempts(test: Any, result: unittest.TestResult, run_once: Callable[[uni
     `run_once(recorder)` runs one attempt (unittest's TestCase.run). The failed attempts are
     left on the test as `dist_failed_attempts`, and `dist_flaky` says it passed after them.
     """
-    from dist_tests.harness.suite import time_too_short_message
-
     test.dist_failed_attempts, test.dist_flaky = [], False
     name = getattr(test, "_testMethodName", str(test))
     listed = RUN.known.reason(name) is not None
@@ -135,7 +134,7 @@ def run_attempts(test: Any, result: unittest.TestResult, run_once: Callable[[uni
         first: AttemptResult | None = None
         not_rerun_why = ""
         for number in range(1, reruns + 2):
-            os.environ[ATTEMPT_VARIABLE] = str(number)
+            environment.set_attempt(number)
             attempt = AttemptResult()
             run_once(attempt)
             first = first or attempt
@@ -160,5 +159,5 @@ def run_attempts(test: Any, result: unittest.TestResult, run_once: Callable[[uni
         else:
             attempt.replay(result)
     finally:
-        os.environ.pop(ATTEMPT_VARIABLE, None)
+        environment.set_attempt(None)
         result.stopTest(test)

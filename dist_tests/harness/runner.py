@@ -11,10 +11,10 @@ import sys
 import tempfile
 from typing import NoReturn
 
-from dist_tests.harness import ci_lists, gpu_leases, plugins, selection, spawn_file
+from dist_tests.harness import budget, ci_lists, environment, faults, gpu_leases, plugins, selection, spawn_file
 from dist_tests.harness import settings as settings_lib
+from dist_tests.harness.state import RUN, time_hint
 
-_CONFIGURED = "DIST_TESTS_CONFIGURED"
 _KNOWN_FAILURES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "known_failures")
 
 
@@ -25,7 +25,7 @@ def die(message: str) -> NoReturn:
 
 def configure() -> None:
     """Checks the environment and prepares it for torch; exits with a clear message if wrong."""
-    if os.environ.get(_CONFIGURED) == "1":
+    if os.environ.get(environment.CONFIGURED) == "1":
         return
     try:
         settings = settings_lib.load()
@@ -35,12 +35,8 @@ def configure() -> None:
     except settings_lib.SettingsError as error:
         die(str(error))
     _leave_idle_filtered_shard()
-    from dist_tests.harness.state import RUN
-
     RUN.settings = settings
     RUN.start_method = settings.start_method
-    # Ranks and the forkserver find the run's matrix line (its plugin) by the same three values.
-    os.environ["DIST_TESTS_DEVICE"] = settings.device
     not_run = spawn_file.not_run_reason()
     if not_run:
         if not settings.allow_skip:
@@ -50,40 +46,24 @@ def configure() -> None:
     # Everything torch writes through tempfile (init files, barriers) lands in the work dir.
     tmp = os.path.join(settings.work_dir, "tmp")
     os.makedirs(tmp, exist_ok=True)
-    os.environ["TMPDIR"] = tmp
     tempfile.tempdir = None
-    if settings.start_method == "forkserver":
-        # The server imports torch's test internals, which ask whether CUDA is available: through
-        # NVML, that question does not initialise the CUDA driver, so its forked ranks can use CUDA.
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-    # The matrix line's own variables (UCC's transports): Bazel sets them from the line; by hand,
-    # the same values from the table. Either way a user's value wins.
-    for name, value in settings.line_env.items():
-        os.environ.setdefault(name, value)
+    # The server imports torch's test internals, which ask whether CUDA is available: through NVML,
+    # that question does not initialise the CUDA driver, so its forked ranks can use CUDA.
+    environment.prepare_for_torch(tmp, settings.line_env, settings.rank_threads, settings.device,
+                                  nvml_cuda_check=settings.start_method == "forkserver")
     if settings.line_env:
         given = " ".join(f"{name}={os.environ[name]}" + ("" if os.environ[name] == value else " (given)")
                          for name, value in sorted(settings.line_env.items()))
         print(f"dist_tests: {settings.target} runs with its matrix line's settings: {given}", file=sys.stderr,
               flush=True)
-    # Each rank's share of the cores the target reserved (its cpu:N tag); a user's value wins.
-    os.environ.setdefault("OMP_NUM_THREADS", str(settings.rank_threads))
-    # Failures print this harness's own repro command; torch's would name a file that isn't there.
-    os.environ["PYTORCH_PRINT_REPRO_ON_FAILURE"] = "0"
-    if not settings.uses_gpu:
-        # CPU targets test the CPU suite on any host: with GPUs visible but fewer than ranks,
-        # torch's ranks would skip even gloo tests.
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        os.environ["HIP_VISIBLE_DEVICES"] = ""
     if settings.uses_gpu:
         _lease_gpus(settings)
     if os.environ.get("DIST_TESTS_FAULT"):
-        from dist_tests.harness.ranks import FaultSpecError, parse_fault
-
         try:
-            parse_fault(os.environ["DIST_TESTS_FAULT"])
-        except FaultSpecError as error:
+            faults.parse_fault(os.environ["DIST_TESTS_FAULT"])
+        except faults.FaultSpecError as error:
             die(str(error))
-    os.environ[_CONFIGURED] = "1"
+    environment.mark_configured()
 
 
 def prepare_plugin() -> None:
@@ -99,14 +79,9 @@ def prepare_plugin() -> None:
 
 def _lease_gpus(settings: settings_lib.Settings) -> None:
     """Holds WORLD_SIZE GPUs of the host for this run (gpu_leases); the wait counts against its timeout."""
-    from dist_tests.harness.state import RUN, time_hint
-
     give_up_at, why = None, ""
     if settings.deadline_s:
-        # The end margin and the least time a test needs to start, as suite.time_too_short_message
-        # counts them: waiting past this, no test could run.
-        least = max(10.0, 0.05 * settings.deadline_s) + max(5.0, 0.05 * settings.deadline_s)
-        give_up_at = RUN.started + settings.deadline_s - least
+        give_up_at = budget.give_up_waiting_at(settings.deadline_s)  # waiting past this, no test could run
         why = (f": too little of this shard's Bazel timeout ({settings.deadline_s:.0f} s) was left to run a test. "
                f"Free those GPUs, give the tests others (DIST_TESTS_GPUS), or {time_hint()}")
     try:
@@ -158,8 +133,6 @@ def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | No
 def _start_forkserver(settings: settings_lib.Settings) -> None:
     """Starts the ranks' forkserver and uses it only if proven clean; else spawn, or an error when asked for."""
     from dist_tests.harness import forkserver
-    from dist_tests.harness.state import RUN
-
     try:
         proof = forkserver.start([], settings.work_dir)
     except forkserver.ForkserverError as error:
@@ -182,14 +155,13 @@ def main(test_class: type) -> None:
     """Runs `test_class` under absltest with this harness's checks and reporting."""
     from absl.testing import absltest
 
-    from dist_tests.harness import reporting, suite
+    from dist_tests.harness import reporting, torch_internals
     from dist_tests.harness.known_failures import KnownFailures, KnownFailuresError
-    from dist_tests.harness.state import RUN
 
     settings = RUN.settings
     assert settings is not None, "configure() must run first"
-    suite.check_torch_internals()
-    suite.prepare_parent(suite.test_timeout_s)
+    torch_internals.check_torch_internals()
+    torch_internals.prepare_parent(budget.test_timeout_s)
 
     # DIST_TESTS_KNOWN_FAILURES points at another list, for a backend's own CI.
     named = os.environ.get("DIST_TESTS_KNOWN_FAILURES")
@@ -219,7 +191,7 @@ def main(test_class: type) -> None:
         patterns = selection.exact_patterns(test_filter, names, class_name)
         RUN.selected_total = selection.count_selected(patterns, names, test_class.__module__, class_name)
         RUN.filter_text = test_filter
-        os.environ["TESTBRIDGE_TEST_ONLY"] = " ".join(shlex.quote(p) for p in patterns)
+        environment.select_tests(" ".join(shlex.quote(p) for p in patterns))
         if selection.runs_in_first_shard(test_filter, int(os.environ.get("TEST_TOTAL_SHARDS", "1"))):
             _run_filtered_selection_in_first_shard()
     if RUN.start_method == "forkserver" and not RUN.skip_all_reason:
@@ -236,5 +208,4 @@ def _run_filtered_selection_in_first_shard() -> None:
     status_file = os.environ.get("TEST_SHARD_STATUS_FILE")
     if status_file:  # tells Bazel this runner understood sharding
         open(status_file, "a").close()
-    del os.environ["TEST_TOTAL_SHARDS"]
-    del os.environ["TEST_SHARD_INDEX"]
+    environment.run_whole_selection_here()

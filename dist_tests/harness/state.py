@@ -48,9 +48,6 @@ NOT_RUN_PREFIX = "did not run"
 START_METHOD_PROPERTY = "dist_tests_start_method"
 FALLBACK_PREFIX = "spawn (fell back from the forkserver"
 
-# The attempt (1, 2, ...) a test's ranks belong to under DIST_TESTS_RERUNS; DIST_TESTS_FAULT can name attempts.
-ATTEMPT_VARIABLE = "DIST_TESTS_ATTEMPT"
-
 
 def time_hint() -> str:
     """What to raise when a shard's Bazel timeout is too short for its tests."""
