@@ -9,8 +9,9 @@ HARNESS = pathlib.Path(__file__).resolve().parent.parent / "dist_tests" / "harne
 
 # Bottom to top. A module may import only modules before it in this list.
 ORDER = [
-    # What is read before torch loads: the environment, the matrix, settings, lists, leases, faults.
-    "environment", "cuda_driver", "matrix", "selection", "known_failures", "faults", "plugins", "settings",
+    # What the harness shares with tools/ (words, the repro command, free_port), then what is read
+    # before torch loads: the environment, the matrix, settings, lists, leases, faults.
+    "shared", "environment", "cuda_driver", "matrix", "selection", "known_failures", "faults", "plugins", "settings",
     "ci_lists", "gpu_leases",
     # The run's state and its time budget.
     "state", "budget",

@@ -1,5 +1,7 @@
 """The harness that runs PyTorch's distributed spawn suite as a Bazel test, in layers (tests/test_layers.py):
 
+0. what the harness shares with tools/ (shared: the words it writes into messages and test.xml,
+   the repro command, free_port), standard library only;
 1. what is read before torch loads: environment (the one writer of the process environment and the
    list of every variable), cuda_driver, matrix, selection, known_failures, faults, plugins,
    settings, ci_lists, gpu_leases;

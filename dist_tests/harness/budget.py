@@ -6,7 +6,8 @@ that finds too little time left does not start, and the shard fails saying what 
 
 import time
 
-from dist_tests.harness.state import NOT_RUN_PREFIX, RUN, time_hint
+from dist_tests.harness.shared import NOT_RUN_PREFIX
+from dist_tests.harness.state import RUN, time_hint
 
 
 def remaining_budget_s() -> float | None:

@@ -13,7 +13,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -89,7 +88,7 @@ def _run_target(target: Callable[..., None], args: tuple, kwargs: dict) -> None:
     if os.environ.get("DIST_TESTS_TIMING") != "1" or not outputs:
         target(*args, **kwargs)
         return
-    # For tools/benchmark: how long this rank spent in torch's _run (rendezvous and test body).
+    # For tools/upstream/benchmark: how long this rank spent in torch's _run (rendezvous and test body).
     timing_dir = os.path.join(outputs, "timing")
     os.makedirs(timing_dir, exist_ok=True)
     started = time.monotonic()
@@ -116,13 +115,6 @@ def _end_like_a_spawned_process() -> None:
         except (OSError, ValueError):
             pass
     ctypes.CDLL(None).fflush(None)
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on now, for a test's rendezvous."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def signal_name(exit_code: int) -> str:

@@ -23,7 +23,9 @@ from typing import Any
 
 from absl.testing import xml_reporter
 
-from dist_tests.harness.state import KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, RUN, START_METHOD_PROPERTY, time_hint
+from dist_tests.harness import shared
+from dist_tests.harness.shared import KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, START_METHOD_PROPERTY
+from dist_tests.harness.state import RUN, time_hint
 
 
 def _target() -> str:
@@ -31,7 +33,7 @@ def _target() -> str:
 
 
 def repro_command(test_name: str) -> str:
-    return f"tools/bazel test {_target()} --test_filter={test_name}"
+    return shared.repro_command(_target(), test_name)
 
 
 def _attempt_element(element: str, attempt: Any) -> str:
@@ -140,7 +142,7 @@ class _Result(xml_reporter._TextAndXMLTestResult):
                 f"{len(self._not_run)} test(s) did not run: this shard's Bazel timeout ran out before they could "
                 f"start (the first: {self._not_run[0]}). To run them, {time_hint()}.",
             )
-        # The start method in the XML too (tools/report.py lists fallbacks): a testsuites property.
+        # The start method in the XML too (tools/results/report.py lists fallbacks): a testsuites property.
         self.suite._testsuites_properties[START_METHOD_PROPERTY] = RUN.start_method_note()
         super().stopTestRun()
         reasons = collections.Counter(reason for _, reason in self.skipped

@@ -18,7 +18,8 @@ from typing import Any
 
 from dist_tests.harness import environment
 from dist_tests.harness.budget import time_too_short_message
-from dist_tests.harness.state import NOT_RUN_PREFIX, RUN
+from dist_tests.harness.shared import NOT_RUN_PREFIX
+from dist_tests.harness.state import RUN
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ import time
 from dist_tests.harness.gpu_leases import Lease
 from dist_tests.harness.known_failures import KnownFailures
 from dist_tests.harness.settings import Settings
+from dist_tests.harness.shared import FALLBACK_PREFIX
 
 
 class Run:
@@ -39,15 +40,6 @@ class Run:
 
 
 RUN = Run()
-
-# Message prefixes of tests that did not pass and did not plainly skip, and the XML property
-# that says how ranks started; the build event reader (tools/testlogs.py) reads the same words.
-KNOWN_FAILURE_PREFIX = "known failure"
-NOT_RUN_PREFIX = "did not run"
-# The test.xml property (of <testsuites>) that says how ranks started; tools/testlogs.py reads it.
-START_METHOD_PROPERTY = "dist_tests_start_method"
-FALLBACK_PREFIX = "spawn (fell back from the forkserver"
-
 
 def time_hint() -> str:
     """What to raise when a shard's Bazel timeout is too short for its tests."""

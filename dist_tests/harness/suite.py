@@ -18,10 +18,11 @@ import torch.multiprocessing
 from torch.testing._internal import common_distributed
 from torch.testing._internal.common_distributed import MultiProcessTestCase
 
-from dist_tests.harness import environment, ranks, reruns
+from dist_tests.harness import environment, ranks, reruns, shared
 from dist_tests.harness.budget import NotRunForTime, time_too_short_message, timeout_cut_note
 from dist_tests.harness.environment import ATTEMPT
-from dist_tests.harness.state import KNOWN_FAILURE_PREFIX, RUN
+from dist_tests.harness.shared import KNOWN_FAILURE_PREFIX
+from dist_tests.harness.state import RUN
 from dist_tests.harness.torch_internals import BAD_FORK_EXIT_CODE
 
 _LOG_TAIL_LINES = 40
@@ -65,7 +66,7 @@ class SpawnHarness:
         plugin = RUN.settings.plugin if RUN.settings else None
         if plugin and plugin.init_method != "file":
             # torch's setUp chose a FileStore; a backend that cannot use one rendezvous over TCP on a fresh port.
-            environment.use_rendezvous(plugin.init_method, ranks.free_port())
+            environment.use_rendezvous(plugin.init_method, shared.free_port())
 
     def _log_dir(self) -> str:
         base = RUN.settings.work_dir if RUN.settings else os.environ.get("TMPDIR", "/tmp")
@@ -237,7 +238,7 @@ class SpawnHarness:
 class StandaloneSpawnCase(SpawnHarness, MultiProcessTestCase):
     """A test class of one's own whose WORLD_SIZE ranks start exactly as the suite's do.
 
-    For checks outside torch's suite (tools/gpu_check, the project's probes): each test
+    For checks outside torch's suite (tools/gpu/gpu_check, the project's probes): each test
     method runs in every rank, as in MultiProcessTestCase.
     """
 

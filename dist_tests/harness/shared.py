@@ -1,0 +1,28 @@
+"""What the harness shares with the tools outside it (tools/results, tools/remote): standard library only.
+
+The harness writes these words into its messages and test.xml, and the build event reader
+(tools/results/testlogs.py) reads them back; the repro command is printed by both the harness
+(reporting.py) and the report (tools/results/report.py).
+"""
+
+import socket
+
+# Message prefixes of tests that did not pass and did not plainly skip.
+KNOWN_FAILURE_PREFIX = "known failure"
+NOT_RUN_PREFIX = "did not run"
+# The test.xml property (of <testsuites>) that says how ranks started, and the start of its value
+# when they fell back from the forkserver to spawn.
+START_METHOD_PROPERTY = "dist_tests_start_method"
+FALLBACK_PREFIX = "spawn (fell back from the forkserver"
+
+
+def repro_command(label: str, test_name: str) -> str:
+    """The one command that reruns one test of a target alone."""
+    return f"tools/bazel test {label} --test_filter={test_name}"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (a rank's rendezvous, a local server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
