@@ -1,6 +1,6 @@
 """Shared helpers for the project's own tests: real Bazel runs and their results.
 
-Results come from the latest `bazel test`'s build events (tools/testlogs.py, the reader the
+Results come from the latest `bazel test`'s build events (tools/results/testlogs.py, the reader the
 report and the benchmark use), never from globbing bazel-testlogs, which keeps folders of
 earlier invocations.
 """
@@ -19,8 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BAZEL = str(ROOT / "tools" / "bazel")
 
 sys.path.insert(0, str(ROOT))
-from tools import testlogs  # noqa: E402
-from tools.testlogs import Case  # noqa: E402
+from tools.results import testlogs  # noqa: E402
+from tools.results.testlogs import Case  # noqa: E402
 
 # The entry the locked interpreter's wrapper adds to PYTHONPATH: its device class's site-packages.
 LOCKED_PACKAGES = re.compile(r"/dist_python_[a-z]+/site-packages/?$")
@@ -94,8 +94,10 @@ def output_base() -> pathlib.Path:
 
 
 def locked_python() -> str:
-    """Path of the locked environment's interpreter (the one tools/python runs)."""
-    return str(output_base() / "external" / "dist_python" / "python3")
+    """Path of the locked environment's interpreter, as tools/python says it (`tools/python --which`)."""
+    run = subprocess.run([str(ROOT / "tools" / "python"), "--which"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ For the lease tests (tests/test_gpu_leases.py) and tools/gpu/lease_benchmark. No
 stand-in indices come from DIST_TESTS_GPUS. It writes one JSON record per run into
 LEASE_RECORDS_DIR (a folder the caller makes writable), when it holds the lease and again when
 it lets go, and holds until LEASE_RELEASE_FILE exists, or for LEASE_HOLD_S seconds. With
-LEASE_RECORD_DEVICES=1 it also records the UUIDs of the devices torch sees (tools/gpu_check).
+LEASE_RECORD_DEVICES=1 it also records the UUIDs of the devices torch sees (tools/gpu/gpu_check).
 """
 
 import json
@@ -40,7 +40,7 @@ def write(record: dict) -> None:
     os.replace(tmp, path)  # readers never see half a record
 
 
-if os.environ.get("LEASE_RECORD_DEVICES") == "1":  # tools/gpu_check: the devices CUDA shows this run
+if os.environ.get("LEASE_RECORD_DEVICES") == "1":  # tools/gpu/gpu_check: the devices CUDA shows this run
     import torch
 
     record["devices"] = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]

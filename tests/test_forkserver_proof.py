@@ -61,7 +61,7 @@ def test_a_server_that_initialised_the_driver_is_not_used_and_the_run_says_so_on
     lines = [result_event("//dist_tests:gloo_2", 1, "PASSED", xml), summary_event("//dist_tests:gloo_2", "PASSED", 1),
              {"id": {"buildFinished": {}}, "finished": {}}]
     write(events, "\n".join(json.dumps(line) for line in lines) + "\n")
-    report = subprocess.run([python, str(ROOT / "tools" / "report.py"), "--matrix", "gloo_2:gloo:2:cpu", "--events",
+    report = subprocess.run([python, str(ROOT / "tools/results/report.py"), "--matrix", "gloo_2:gloo:2:cpu", "--events",
                              str(events), "--testlogs", str(tmp_path / "none"), "--out", str(tmp_path / "report")],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert report.returncode == 0, report.stdout + report.stderr

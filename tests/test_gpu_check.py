@@ -1,4 +1,4 @@
-"""tools/gpu_check, run without Bazel the way a GPU host runs it: here, without CUDA."""
+"""tools/gpu/gpu_check, run without Bazel the way a GPU host runs it: here, without CUDA."""
 
 import os
 import re
@@ -11,8 +11,8 @@ def gpu_check(python: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIST_TESTS", "TEST_", "TESTBRIDGE"))}
     # As on a CI service, which sets CI: torch's own test runner behaves differently under it.
     env["CI"] = "true"
-    return subprocess.run([python, str(ROOT / "tools" / "gpu_check"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1200)
+    return subprocess.run([python, str(ROOT / "tools" / "gpu" / "gpu_check"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1200)
 
 
 def test_without_cuda_it_says_so_and_exits_with_its_own_code(python):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, all_cases, bazel, shard_log
 from test_report import row
-from tools import testlogs
+from tools.results import testlogs
 
 TARGET = "//dist_tests:gloo_2"
 FILTER = "--test_filter=test_all_reduce_sum test_broadcast"
@@ -40,7 +40,7 @@ def test_a_listed_test_failing_by_an_exception_is_a_known_failure_counted_apart(
     assert "//dist_tests:gloo_2: 1 passed, 0 failed, 0 skipped, 1 known failures, 0 did not run" in shard_log(TARGET)
 
     table = subprocess.run(
-        [python, str(ROOT / "tools/report.py"), "--matrix=gloo_2", f"--events={ROOT / testlogs.EVENTS_FILE}",
+        [python, str(ROOT / "tools/results/report.py"), "--matrix=gloo_2", f"--events={ROOT / testlogs.EVENTS_FILE}",
          f"--out={tmp_path / 'report'}"], capture_output=True, text=True, check=True,
     ).stdout
     # passed, flaky, skipped, known, failed, did not run, timed out

@@ -3,15 +3,12 @@
 import pathlib
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT
 from test_remote_cache import copy_workspace
-
-sys.path.insert(0, str(ROOT / "tools" / "python_env"))
-import install_lock  # noqa: E402
+from tools.python_env import install_lock  # noqa: E402
 
 INSTALL_LOCK = ROOT / "tools" / "python_env" / "install_lock.py"
 # The host's interpreter, as the package rules run it (it has pip; the environment's copy has not).
@@ -36,7 +33,7 @@ def test_a_wheel_that_does_not_match_its_hash_stops_naming_it(uv, tmp_path):
     run = install(uv, tmp_path, "absl-py===2.5.1")
     assert run.returncode != 0
     assert "Hash mismatch for `absl-py==2.5.1`" in run.stderr
-    assert "tools/update_lock" in run.stderr and "Sources: " in run.stderr
+    assert "tools/python_env/update_lock" in run.stderr and "Sources: " in run.stderr
     assert not list(tmp_path.glob("site-packages/absl*"))
 
 
@@ -63,6 +60,6 @@ def test_a_gpu_lock_for_another_python_stops_the_build_naming_it(tmp_path):
     output = run.stdout + run.stderr
     assert run.returncode != 0
     assert "requirements_gpu_lock.txt is locked for Python 3.9" in output
-    assert "tools/update_lock" in output
+    assert "tools/python_env/update_lock" in output
     # It stopped before installing anything.
     assert not (tmp_path / "output_base" / "external" / "dist_python_gpu" / "site-packages").exists()

@@ -28,10 +28,10 @@ def copy_workspace(dest):
 
 @pytest.fixture
 def cache(tmp_path):
-    url = subprocess.run([str(ROOT / "tools/remote_cache"), "start", str(tmp_path / "cache")],
+    url = subprocess.run([str(ROOT / "tools/remote/cache"), "start", str(tmp_path / "cache")],
                          capture_output=True, text=True, check=True).stdout.strip()
     yield url
-    subprocess.run([str(ROOT / "tools/remote_cache"), "stop", str(tmp_path / "cache")], check=True)
+    subprocess.run([str(ROOT / "tools/remote/cache"), "stop", str(tmp_path / "cache")], check=True)
 
 
 def run_clone(workspace, output_base, url):

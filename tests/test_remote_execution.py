@@ -1,4 +1,4 @@
-"""Remote execution on a real local cluster (tools/remote_execution: PostgreSQL, BuildGrid, worker
+"""Remote execution on a real local cluster (tools/remote/execution: PostgreSQL, BuildGrid, worker
 pools): where each test action runs, what comes back, the remote action cache across clones, a
 worker lost mid-action, and bad input ending quickly with a message that says what to do."""
 
@@ -21,7 +21,7 @@ import pytest
 from conftest import BAZEL, ROOT, all_cases, bazel, results
 from test_remote_cache import copy_workspace, processes_line
 
-TOOL = str(ROOT / "tools" / "remote_execution")
+TOOL = str(ROOT / "tools" / "remote" / "execution")
 GLOO, NCCL = "//dist_tests:gloo_2", "//dist_tests:nccl_2"
 FILTER = "--test_filter=test_all_reduce_sum test_broadcast test_barrier"
 # Some 30 tests: the shard runs well past 10 s, when Bazel's test-setup.sh first checks that its

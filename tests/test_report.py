@@ -1,4 +1,4 @@
-"""tools/bazel run //tools:report: the matrix of the latest `bazel test`, from its build events
+"""tools/bazel run //tools/results:report: the matrix of the latest `bazel test`, from its build events
 (synthetic and real), and its HTML page rendered by a real headless browser."""
 
 import json
@@ -83,7 +83,7 @@ def synthetic_events(tmp_path):
 
 def run_report(python, events, out, check=True):
     return subprocess.run(
-        [python, str(ROOT / "tools/report.py"), f"--matrix={MATRIX}", f"--events={events}",
+        [python, str(ROOT / "tools/results/report.py"), f"--matrix={MATRIX}", f"--events={events}",
          f"--testlogs={events.parent / 'testlogs'}", f"--out={out}"],
         capture_output=True, text=True, check=check,
     )
@@ -132,7 +132,7 @@ def test_the_report_describes_the_latest_invocation_only(tmp_path):
     run = bazel("test", "//dist_tests:gloo_2", "//dist_tests:gloo_3", "--test_filter=test_all_reduce_sum",
                 "--runs_per_test=3", "--nocache_test_results")
     assert run.returncode == 0, run.output
-    report = bazel("run", "//tools:report", "--", f"--out={tmp_path / 'first'}")
+    report = bazel("run", "//tools/results:report", "--", f"--out={tmp_path / 'first'}")
     assert report.returncode == 0, report.output
     assert row(report.output, "gloo_2") == ([3, 0, 0, 0, 0, 0, 0], "passed 3 runs: 3 passed")
     assert row(report.output, "gloo_3") == ([3, 0, 0, 0, 0, 0, 0], "passed 3 runs: 3 passed")
@@ -142,7 +142,7 @@ def test_the_report_describes_the_latest_invocation_only(tmp_path):
                 "--test_env=DIST_TESTS_ALLOW_SKIP=1", "--nocache_test_results")
     assert run.returncode == 0, run.output
     out = tmp_path / "second"
-    report = bazel("run", "//tools:report", "--", f"--out={out}")
+    report = bazel("run", "//tools/results:report", "--", f"--out={out}")
     assert report.returncode == 0, report.output
     assert row(report.output, "gloo_2") == ([2, 0, 1, 0, 0, 0, 0], "passed 1 run: passed")
     assert row(report.output, "gloo_3")[1] == "not in the last invocation -"

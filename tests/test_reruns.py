@@ -7,7 +7,7 @@ import zipfile
 
 from conftest import ROOT, all_cases, bazel, results, shard_log
 from test_report import row
-from tools import testlogs
+from tools.results import testlogs
 
 TARGET = "//dist_tests:gloo_2"
 
@@ -49,7 +49,7 @@ def test_a_test_that_fails_only_on_its_first_attempt_passes_reported_flaky(pytho
     # The failed attempt's rank logs are kept; the passing attempt's are not needed.
     assert kept_rank_logs() == ["rank_logs/test_all_reduce_sum/rank0.log", "rank_logs/test_all_reduce_sum/rank1.log"]
     table = subprocess.run(
-        [python, str(ROOT / "tools/report.py"), "--matrix=gloo_2", f"--events={ROOT / testlogs.EVENTS_FILE}",
+        [python, str(ROOT / "tools/results/report.py"), "--matrix=gloo_2", f"--events={ROOT / testlogs.EVENTS_FILE}",
          f"--out={tmp_path / 'report'}"], capture_output=True, text=True, check=True,
     ).stdout
     assert row(table, "gloo_2") == ([2, 1, 0, 0, 0, 0, 0], "passed 1 run: passed")

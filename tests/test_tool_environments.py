@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT
 
-TOOL = str(ROOT / "tools" / "remote_execution")
+TOOL = str(ROOT / "tools" / "remote" / "execution")
 LOCK = ROOT / "third_party" / "remote_execution" / "requirements_lock.txt"
 DIGEST = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
 # Run by the locked interpreter: the command it is given, with the interpreter's own PYTHONPATH.
@@ -38,7 +38,7 @@ def shell_env(cache: pathlib.Path) -> dict[str, str]:
 
 def tool(action: str, state: pathlib.Path, env: dict[str, str],
          python: str | None = None) -> subprocess.CompletedProcess:
-    """tools/remote_execution ACTION on a small cluster (one cpu worker), run by a shell or, given
+    """tools/remote/execution ACTION on a small cluster (one cpu worker), run by a shell or, given
     python, by a process of that interpreter."""
     argv = [TOOL, action, "--dir", str(state)]
     if action == "start":

@@ -60,7 +60,7 @@ def dist_test_name(cell):
     return getattr(cell, "name", "%s_%d" % (cell.backend, cell.world_size))
 
 def dist_test_report_matrix():
-    """The matrix as tools/report.py reads it: one NAME:BACKEND:WORLD_SIZE:DEVICE per line.
+    """The matrix as tools/results/report.py reads it: one NAME:BACKEND:WORLD_SIZE:DEVICE per line.
 
     Returns:
       The lines, comma-separated, for example "gloo_2:gloo:2:cpu,gloo_gpu_2:gloo:2:gpu".

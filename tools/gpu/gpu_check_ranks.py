@@ -1,6 +1,6 @@
 """Two ranks that use tensors on one device through gloo, started the way the harness starts ranks.
 
-tools/gpu_check runs this file with BACKEND=gloo, WORLD_SIZE=2, DIST_TESTS_START_METHOD and
+tools/gpu/gpu_check runs this file with BACKEND=gloo, WORLD_SIZE=2, DIST_TESTS_START_METHOD and
 DIST_TESTS_GPU_CHECK_DEVICE (cuda or cpu). It is an entry point like dist_tests/spawn_test.py:
 configure(), then the harness's SpawnHarness starting each rank, then the harness's runner and reporting.
 The one difference from //dist_tests:gloo_2: the GPUs stay visible to the ranks.
@@ -9,8 +9,8 @@ The one difference from //dist_tests:gloo_2: the GPUs stay visible to the ranks.
 import os
 import sys
 
-if __package__ is None and "dist_tests.harness" not in sys.modules:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ is None and "dist_tests.harness" not in sys.modules:  # the workspace root, two folders up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from dist_tests.harness import runner
 

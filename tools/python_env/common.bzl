@@ -63,7 +63,7 @@ def lock_python_version(rctx, lock):
     for line in rctx.read(lock).splitlines():
         if line.startswith("# python:"):
             return line[len("# python:"):].strip()
-    fail_with("%s has no '# python: X.Y' line. Regenerate it with tools/update_lock." % lock)
+    fail_with("%s has no '# python: X.Y' line. Regenerate it with tools/python_env/update_lock." % lock)
     return None
 
 def host_python(rctx, lock):
@@ -91,7 +91,7 @@ def host_python(rctx, lock):
     if version != want:
         fail_with(("the interpreter %s is Python %s, but %s is locked for Python %s.\n" +
                    "Install Python %s and pass --repo_env=DIST_TESTS_PYTHON=/path/to/python%s,\n" +
-                   "or regenerate the locks with that interpreter: tools/update_lock") %
+                   "or regenerate the locks with that interpreter: tools/python_env/update_lock") %
                   (executable, version, lock, want, want, want))
     return struct(executable = executable, version = version)
 

@@ -131,11 +131,11 @@ def _hint(output: str, lock: str) -> str:
     if "Hash mismatch" in output:
         return (f"A downloaded wheel is not the one {lock} pins (its sha256 differs; named above). A mirror serving "
                 "another build of that version is the usual cause: point pip at one that serves the original wheels, "
-                "or regenerate the locks from your sources with tools/update_lock.")
+                "or regenerate the locks from your sources with tools/python_env/update_lock.")
     if "not found in the package registry" in output or "No solution found" in output or "no wheels" in output:
         return ("A pinned wheel (named above) is in none of the sources: the lock's indexes and pip's configuration. "
                 "Make it reachable (internet, or a mirror or folder of wheels in pip's configuration: "
-                "pip config set global.find-links DIR), or regenerate the locks with tools/update_lock.")
+                "pip config set global.find-links DIR), or regenerate the locks with tools/python_env/update_lock.")
     return "See uv's output above."
 
 

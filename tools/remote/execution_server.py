@@ -2,7 +2,7 @@
 a job that waited too long for a worker fails with a message naming the platform (the Pool)
 that no worker served, instead of BuildGrid's "Operation has been queued for too long" alone.
 
-Started by tools/remote_execution with the tool environment's interpreter.
+Started by tools/remote/execution with the tool environment's interpreter.
 """
 
 import collections

@@ -1,6 +1,6 @@
 """A remote-execution worker for BuildGrid (Remote Workers API v1test2), one action at a time.
 
-Started by tools/remote_execution; a real deployment uses a stock worker instead,
+Started by tools/remote/execution; a real deployment uses a stock worker instead,
 so nothing else in the project relies on this file. Each action:
   - gets a fresh folder; its inputs are hard links into a local content-addressed cache, so the
     ~10k files of the Python environment are fetched once per host, not once per action;

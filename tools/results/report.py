@@ -1,10 +1,10 @@
 """The dist_tests matrix at a glance, for the latest `bazel test` of this workspace.
 
-    tools/bazel run //tools:report                 # after tools/bazel test //dist_tests/...
-    tools/bazel run //tools:report -- --out DIR
+    tools/bazel run //tools/results:report                 # after tools/bazel test //dist_tests/...
+    tools/bazel run //tools/results:report -- --out DIR
 
 Reads the latest invocation's build events (bazel-test-events.json, which .bazelrc makes
-every `bazel test` write; see tools/testlogs.py) and only the test.xml files they name.
+every `bazel test` write; see tools/results/testlogs.py) and only the test.xml files they name.
 Prints a table (one line per target: its backend, device class and world size, status as
 Bazel gave it, FLAKY included, runs, passed, flaky tests among them (passed only on a
 DIST_TESTS_RERUNS rerun), skipped, known failures, failed, did not run, timed out, time), and
@@ -28,11 +28,11 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
-if __package__ is None and "tools.testlogs" not in sys.modules:
-    # Run as a file: make the workspace root importable, as Bazel's runfiles do.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The workspace root (two folders up), so that tools.* and dist_tests.* import as packages.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tools import testlogs  # noqa: E402
+from dist_tests.harness.shared import repro_command  # noqa: E402
+from tools.results import testlogs  # noqa: E402
 
 # Bazel's overall test status, as the report writes it.
 _STATUS = {
@@ -110,7 +110,7 @@ class TargetResult:
         return bool(self.shards)
 
     def repro(self, test: str) -> str:
-        return f"tools/bazel test {self.label} --test_filter={test}"
+        return repro_command(self.label, test)
 
 
 def _count(result: TargetResult, attempt: testlogs.Attempt) -> None:

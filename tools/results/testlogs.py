@@ -7,7 +7,8 @@ included), and which test.xml and test.log each run, shard and attempt wrote. Re
 read only from the files it names, so folders that earlier invocations left under
 bazel-testlogs are never counted.
 
-Used by tools/report.py, tools/benchmark and the project's tests; standard library only.
+Used by tools/results/report.py, tools/upstream/benchmark and the project's tests; standard library
+only, and the words the harness writes (dist_tests/harness/shared.py).
 """
 
 import dataclasses
@@ -17,14 +18,16 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 
+# The message prefixes and the property the harness writes into test.xml (FALLBACK_PREFIX: for the report).
+from dist_tests.harness.shared import (  # noqa: F401
+    FALLBACK_PREFIX,
+    KNOWN_FAILURE_PREFIX,
+    NOT_RUN_PREFIX,
+    START_METHOD_PROPERTY,
+)
+
 # Relative to the workspace root (Bazel resolves the relative path in .bazelrc against it).
 EVENTS_FILE = "bazel-test-events.json"
-
-# Message prefixes and the property the harness writes into test.xml (dist_tests/harness/state.py).
-KNOWN_FAILURE_PREFIX = "known failure"
-NOT_RUN_PREFIX = "did not run"
-START_METHOD_PROPERTY = "dist_tests_start_method"
-FALLBACK_PREFIX = "spawn (fell back from the forkserver"
 
 NOT_IN_INVOCATION = "not in the last invocation"
 

@@ -1,4 +1,4 @@
-"""Upstream's way of running the spawn suite, for tools/benchmark to compare against.
+"""Upstream's way of running the spawn suite, for tools/upstream/benchmark to compare against.
 
 What PyTorch's own spawn test file does: the shared class, a setUp that spawns every rank
 as a fresh interpreter, and torch's run_tests(). Needs BACKEND, WORLD_SIZE and TEMP_DIR.
@@ -23,7 +23,7 @@ class TestDistBackendWithSpawn(TestDistBackend, DistributedTest._DistTestBase):
 
 
 def record_outcomes(path: str) -> None:
-    """Appends 'name<TAB>outcome' lines to path as tests finish (for tools/benchmark)."""
+    """Appends 'name<TAB>outcome' lines to path as tests finish (for tools/upstream/benchmark)."""
     import unittest
 
     def recorder(outcome: str, original):
