@@ -31,6 +31,7 @@ import xml.etree.ElementTree as ET
 # The workspace root (two folders up), so that tools.* and dist_tests.* import as packages.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from dist_tests.harness import matrix  # noqa: E402
 from dist_tests.harness.shared import repro_command  # noqa: E402
 from tools.results import testlogs  # noqa: E402
 
@@ -57,24 +58,26 @@ class Failure:
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One line of the matrix as the report names it (tools/BUILD.bazel passes them all)."""
+    """One line of the matrix as the report names it (tools/results/BUILD.bazel passes them all)."""
 
     name: str
     backend: str
     world_size: int
-    device: str  # "cpu", "gpu", or "-" when only the name was given
+    device: str  # "cpu", "gpu", or "-" when not given
 
 
 def parse_matrix(text: str) -> list[Cell]:
-    """`NAME:BACKEND:WORLD_SIZE:DEVICE,...`; a bare NAME is read as BACKEND_WORLDSIZE."""
+    """`NAME:BACKEND:WORLD_SIZE:DEVICE,...`; a bare NAME is looked up in DIST_TEST_MATRIX (tools/dist_tests.bzl)."""
     cells = []
     for item in filter(None, text.split(",")):
         fields = item.split(":")
         if len(fields) == 4:
             cells.append(Cell(fields[0], fields[1], int(fields[2]), fields[3]))
         else:
-            backend, world_size = item.rsplit("_", 1)
-            cells.append(Cell(item, backend, int(world_size), "-"))
+            line = next((line for line in matrix.lines() if matrix.target_name(line) == item), None)
+            if line is None:
+                raise argparse.ArgumentTypeError(f"{item} is not a target of DIST_TEST_MATRIX")
+            cells.append(Cell(item, line["backend"], int(line["world_size"]), line["device"]))
     return cells
 
 
