@@ -161,3 +161,13 @@ def test_ucc_2_under_bazel_says_its_settings_and_a_users_test_env_wins():
     assert ("//dist_tests:ucc_2 runs with its matrix line's settings: UCC_EC_CUDA_USE_COOPERATIVE_LAUNCH=n "
             "UCC_TLS=ucp (given) UCC_TL_UCP_TUNE=cuda:0 UCX_TLS=tcp,cuda") in log
     assert "has no ucc backend" in log
+
+
+def test_a_target_name_finds_its_line_not_a_split_at_its_last_underscore():
+    # What tools/upstream/benchmark and tools/results/report.py look a --target or bare --matrix name up with.
+    from dist_tests.harness import matrix
+
+    line = matrix.line_named("gloo_gpu_2")
+    assert (line["backend"], line["world_size"], line["device"]) == ("gloo", 2, "gpu")
+    assert matrix.line_named("gloo_2")["device"] == "cpu"
+    assert matrix.line_named("gloo_gpu_3") is None

@@ -62,3 +62,8 @@ def find_line(backend: str, world_size: int, device: str, table: str | None = No
     """The line of that backend, world size and device class; None for a cell the table does not declare."""
     return next((line for line in lines(table)
                  if (line["backend"], line["world_size"], line["device"]) == (backend, world_size, device)), None)
+
+
+def line_named(name: str, table: str | None = None) -> dict | None:
+    """The line whose target is `name` (gloo_gpu_2, not a backend "gloo_gpu"); None when no line has it."""
+    return next((line for line in lines(table) if target_name(line) == name), None)

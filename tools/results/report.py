@@ -74,7 +74,7 @@ def parse_matrix(text: str) -> list[Cell]:
         if len(fields) == 4:
             cells.append(Cell(fields[0], fields[1], int(fields[2]), fields[3]))
         else:
-            line = next((line for line in matrix.lines() if matrix.target_name(line) == item), None)
+            line = matrix.line_named(item)
             if line is None:
                 raise argparse.ArgumentTypeError(f"{item} is not a target of DIST_TEST_MATRIX")
             cells.append(Cell(item, line["backend"], int(line["world_size"]), line["device"]))
