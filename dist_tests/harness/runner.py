@@ -9,7 +9,6 @@ import os
 import shlex
 import sys
 import tempfile
-from typing import NoReturn
 
 from dist_tests.harness import budget, ci_lists, environment, faults, gpu_leases, plugins, selection, spawn_file
 from dist_tests.harness import settings as settings_lib
@@ -18,9 +17,7 @@ from dist_tests.harness.state import RUN, time_hint
 _KNOWN_FAILURES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "known_failures")
 
 
-def die(message: str) -> NoReturn:
-    print(f"dist_tests: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(settings_lib.SETUP_ERROR_EXIT_CODE)
+die = settings_lib.exit_with_setup_error
 
 
 def configure() -> None:
