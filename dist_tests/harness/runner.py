@@ -118,7 +118,7 @@ def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | No
                 f"(PyPI's builds have gloo and nccl, not ucc or mpi): a wheel, --repo_env=DIST_TESTS_TORCH_WHEEL=PATH "
                 "--repo_env=DIST_TESTS_TORCH_WHEEL_SHA256=SHA256, or an interpreter that has one, "
                 "--repo_env=DIST_TESTS_PYTHON=PATH --repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1 "
-                "(README: Using another torch)")
+                "(docs/torch.md: Using another torch)")
     if uses_gpu:
         gpus = torch.cuda.device_count()
         if gpus < world_size:
