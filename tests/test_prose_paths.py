@@ -40,7 +40,7 @@ SKIPPED_DIRS = {".git", "__pycache__", ".ruff_cache", "node_modules", "dist_test
 STARLARK_NAMES = {"BUILD", "BUILD.bazel", "WORKSPACE", "WORKSPACE.bazel"}
 # Paths that the prose names in another repository, not this one: each with where it lies.
 OTHER_REPOSITORIES = {
-    "tools/stats/import_test_stats.py": "PyTorch's repository (README: what its CI runs)",
+    "tools/stats/import_test_stats.py": "PyTorch's repository (docs/pytorch-ci.md: what its CI runs)",
 }
 
 

@@ -11,12 +11,12 @@ stay literal `struct(...)` calls.
 load("@dist_tests_gpu_scheduling//:scheduling.bzl", "GPU_EXCLUSIVE")
 load("@rules_python//python:defs.bzl", "py_test")
 
-# The device classes a line can name: "gpu" ranks each need a GPU of their own.
-DEVICES = ["cpu", "gpu"]
-
-# The fewest ranks a line of each device class may have: the suite needs 2 ranks on CPU; on
-# GPUs upstream also runs 1, on a 1-GPU host.
+# The device classes a line can name ("gpu" ranks each need a GPU of their own), with the fewest
+# ranks a line of each may have: the suite needs 2 ranks on CPU; on GPUs upstream also runs 1,
+# on a 1-GPU host. The harness reads this literal too (dist_tests/harness/matrix.py).
 LEAST_WORLD_SIZE = {"cpu": 2, "gpu": 1}
+
+DEVICES = sorted(LEAST_WORLD_SIZE.keys())
 
 # One line per target: backend, ranks, the device class its ranks need, shards, and Bazel's
 # timeout for one shard. Shards are sized from measured times so that one shard takes a few
@@ -176,8 +176,7 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
       deps: libraries the entry point imports.
       matrix: the lines to declare; defaults to DIST_TEST_MATRIX.
     """
-    by_backend = {}
-    by_device = {device: [] for device in DEVICES}
+    targets = []
     for cell in matrix:
         target = dist_test_name(cell)
         if cell.device not in DEVICES:
@@ -189,7 +188,7 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
                 cell.device,
                 LEAST_WORLD_SIZE[cell.device],
             ))
-        if ":" + target in [t for tests in by_device.values() for t in tests]:
+        if target in targets:
             fail("%s is the target of two lines of DIST_TEST_MATRIX: give one of them a `name`" % target)
         env = dist_test_env(cell.backend, cell.world_size, cell.device)
         line_env = getattr(cell, "env", {})
@@ -213,11 +212,11 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
             python_version = "PY3",
             srcs_version = "PY3",
         )
-        by_backend.setdefault(cell.backend, []).append(":" + target)
-        by_device[cell.device].append(":" + target)
+        targets.append(target)
 
-    for backend, tests in by_backend.items():
-        native.test_suite(name = backend, tests = tests)
-    for device, tests in by_device.items():
-        native.test_suite(name = device, tests = tests)
-    native.test_suite(name = name, tests = [":" + d for d in by_device])
+    # Suites select by tag, as --test_tag_filters does: every target of the package tagged so.
+    for backend in {cell.backend: None for cell in matrix}:
+        native.test_suite(name = backend, tags = [backend])
+    for device in DEVICES:
+        native.test_suite(name = device, tags = [device])
+    native.test_suite(name = name, tests = [":" + device for device in DEVICES])

@@ -13,7 +13,7 @@ Read (set by Bazel, a target, or the user):
                                               sharding, the XML, outputs, --test_filter
   DIST_TESTS_ALLOW_SKIP, DIST_TESTS_START_METHOD, DIST_TESTS_CPUS, DIST_TESTS_PER_TEST_TIMEOUT,
   DIST_TESTS_KNOWN_FAILURES, DIST_TESTS_FAULT, DIST_TESTS_RERUNS, DIST_TESTS_MAX_WORLD_SIZE,
-  DIST_TESTS_TIMING                           the harness's own settings (README: Settings)
+  DIST_TESTS_TIMING                           the harness's own settings (docs/settings.md)
   DIST_TESTS_GPUS, DIST_TESTS_GPU_LOCK_DIR      GPU leases (gpu_leases.py)
   DISABLED_TESTS_FILE, SLOW_TESTS_FILE, PYTORCH_TEST_WITH_DEV_DBG_ASAN
                                               PyTorch CI's lists, upstream's ASAN switch (ci_lists.py,

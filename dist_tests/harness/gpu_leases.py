@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from dist_tests.harness import environment
+from dist_tests.harness.settings import unwritable_reason
 
 DEFAULT_LOCK_DIR = "/dev/shm/dist_tests_gpu_leases"
 _DRIVER_GPUS = "/proc/driver/nvidia/gpus"  # one folder per GPU the driver shows, named by PCI address
@@ -113,12 +114,9 @@ def lock_folder(env: Mapping[str, str]) -> str:
         pass
     except OSError as error:
         raise LeaseError(f"the GPU lock folder {path} cannot be created ({error.strerror}): {fix}.") from None
-    probe = os.path.join(path, f".write-probe-{os.getpid()}")
-    try:  # a real write: permission bits say nothing for root or read-only mounts
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.unlink(probe)
-    except OSError as error:
-        raise LeaseError(f"the GPU lock folder {path} is not writable ({error.strerror}): {fix}.") from None
+    why = unwritable_reason(path)
+    if why:
+        raise LeaseError(f"the GPU lock folder {path} is not writable ({why}): {fix}.")
     return path
 
 

@@ -1,4 +1,4 @@
-"""The target matrix as the harness sees it: each backend's device class, read from the one table.
+"""The target matrix as the harness sees it: its lines and device classes, read from the one table.
 
 `DIST_TEST_MATRIX` in tools/dist_tests.bzl is the only list of backends. Its lines are literal
 `struct(backend = ..., world_size = ..., device = ..., ...)` calls, which Python's own parser
@@ -17,21 +17,38 @@ class MatrixError(Exception):
     """The table cannot be read; the message says where and why."""
 
 
-def _literal_lines(tree: ast.Module) -> list[dict]:
+def _literal(tree: ast.Module, name: str, kind: type) -> ast.expr:
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "DIST_TEST_MATRIX" for t in node.targets):
-            if not isinstance(node.value, ast.List):
-                break
-            return [{k.arg: ast.literal_eval(k.value) for k in line.keywords} for line in node.value.elts]
-    raise MatrixError("it has no literal DIST_TEST_MATRIX = [struct(...), ...] table")
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            if isinstance(node.value, kind):
+                return node.value
+    raise MatrixError(f"it has no literal {name} = {'[...]' if kind is ast.List else '{...}'}")
+
+
+def _literal_lines(tree: ast.Module) -> list[dict]:
+    table = _literal(tree, "DIST_TEST_MATRIX", ast.List)
+    return [{k.arg: ast.literal_eval(k.value) for k in line.keywords} for line in table.elts]  # type: ignore[attr-defined]
+
+
+def _parse(table: str) -> ast.Module:
+    with open(table, encoding="utf-8") as f:
+        return ast.parse(f.read(), table)
+
+
+def least_world_size(table: str | None = None) -> dict[str, int]:
+    """{device class: the fewest ranks its lines may have}: LEAST_WORLD_SIZE, which names the device classes."""
+    table = table or TABLE
+    try:
+        return ast.literal_eval(_literal(_parse(table), "LEAST_WORLD_SIZE", ast.Dict))
+    except (OSError, SyntaxError, ValueError, MatrixError) as error:
+        raise MatrixError(f"cannot read the device classes in {table}: {error}") from None
 
 
 def lines(table: str | None = None) -> list[dict]:
     """Every line of the table as a dict of its fields, in the table's order."""
     table = table or TABLE
     try:
-        with open(table, encoding="utf-8") as f:
-            found = _literal_lines(ast.parse(f.read(), table))
+        found = _literal_lines(_parse(table))
         for line in found:
             missing = {"backend", "world_size", "device"} - set(line)
             if missing:

@@ -9,7 +9,6 @@ import os
 import shlex
 import sys
 import tempfile
-from typing import NoReturn
 
 from dist_tests.harness import budget, ci_lists, environment, faults, gpu_leases, plugins, selection, spawn_file
 from dist_tests.harness import settings as settings_lib
@@ -18,9 +17,7 @@ from dist_tests.harness.state import RUN, time_hint
 _KNOWN_FAILURES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "known_failures")
 
 
-def die(message: str) -> NoReturn:
-    print(f"dist_tests: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(settings_lib.SETUP_ERROR_EXIT_CODE)
+die = settings_lib.exit_with_setup_error
 
 
 def configure() -> None:
@@ -121,7 +118,7 @@ def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | No
                 f"(PyPI's builds have gloo and nccl, not ucc or mpi): a wheel, --repo_env=DIST_TESTS_TORCH_WHEEL=PATH "
                 "--repo_env=DIST_TESTS_TORCH_WHEEL_SHA256=SHA256, or an interpreter that has one, "
                 "--repo_env=DIST_TESTS_PYTHON=PATH --repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1 "
-                "(README: Using another torch)")
+                "(docs/torch.md: Using another torch)")
     if uses_gpu:
         gpus = torch.cuda.device_count()
         if gpus < world_size:

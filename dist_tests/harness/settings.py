@@ -8,13 +8,13 @@ import atexit
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
+from typing import NoReturn
 
 from dist_tests.harness import matrix, plugins
 
-# What the ranks of a target need: "gpu" ranks each need a GPU of their own.
-DEVICES = ("cpu", "gpu")
 START_METHODS = ("forkserver", "spawn")
 
 
@@ -25,6 +25,23 @@ DEFAULT_START_METHOD = "forkserver"
 
 # Exit code for a run that could not start: bad settings or missing hardware.
 SETUP_ERROR_EXIT_CODE = 3
+
+
+def exit_with_setup_error(message: str) -> NoReturn:
+    """Stops a run that cannot start, before any rank: one message that says what to do, and exit code 3."""
+    print(f"dist_tests: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(SETUP_ERROR_EXIT_CODE)
+
+
+def unwritable_reason(folder: str) -> str | None:
+    """Why a real write in `folder` fails, or None: permission bits say nothing for root or read-only mounts."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 # Most reruns of a failing test (DIST_TESTS_RERUNS): beyond a few, a failure is no longer flakiness.
 MAX_RERUNS = 5
@@ -78,17 +95,17 @@ def _backend(env: Mapping[str, str], backends: Mapping[str, str]) -> str:
     raise SettingsError(f"BACKEND={value!r} is not a backend of this suite. Use one of: {allowed}.{hint}")
 
 
-def _device(env: Mapping[str, str], backend: str, backends: Mapping[str, str]) -> str:
+def _device(env: Mapping[str, str], backend: str, backends: Mapping[str, str], devices: Mapping[str, int]) -> str:
     """DIST_TESTS_DEVICE, which each target sets; by hand, unset, the device of BACKEND's lines in the matrix."""
     value = env.get("DIST_TESTS_DEVICE") or backends[backend]
-    if value not in DEVICES:
-        raise SettingsError(f"DIST_TESTS_DEVICE={value!r}: use one of {', '.join(DEVICES)} (or leave it unset).")
+    if value not in devices:
+        raise SettingsError(f"DIST_TESTS_DEVICE={value!r}: use one of {', '.join(devices)} (or leave it unset).")
     return value
 
 
-def _world_size(env: Mapping[str, str], device: str) -> int:
-    """WORLD_SIZE: at least 2 ranks on CPU lines; 1 on GPU lines too, as upstream runs a 1-GPU host."""
-    least = 1 if device == "gpu" else 2
+def _world_size(env: Mapping[str, str], device: str, least_by_device: Mapping[str, int]) -> int:
+    """WORLD_SIZE: at least the device class's fewest ranks (LEAST_WORLD_SIZE in the matrix's file)."""
+    least = least_by_device[device]
     value = env.get("WORLD_SIZE")
     if value is None or not value.strip():
         raise SettingsError(f"WORLD_SIZE is not set. Set it to the number of ranks, an integer >= {least} "
@@ -100,11 +117,11 @@ def _world_size(env: Mapping[str, str], device: str) -> int:
                             f"an integer >= {least}.") from None
     if size < 1:
         raise SettingsError(
-            f"WORLD_SIZE={size} is too small: the spawn suite needs at least 1 rank on a GPU, 2 on CPU.")
+            f"WORLD_SIZE={size} is too small: the spawn suite needs at least 1 rank.")
     if size < least:
         raise SettingsError(
             f"WORLD_SIZE={size} is too small for device class {device!r}: "
-            "on CPU the spawn suite needs at least 2 ranks. "
+            f"on {device.upper()} the spawn suite needs at least {least} ranks. "
             "One rank runs only on a GPU host, as upstream does there: "
             "set DIST_TESTS_DEVICE=gpu (targets nccl_1, gloo_gpu_1)."
         )
@@ -181,13 +198,9 @@ def _work_dir(env: Mapping[str, str]) -> str:
         return private
     if not os.path.isdir(base):
         raise SettingsError(f"TEST_TMPDIR={base!r} is not a folder. Bazel creates it; by hand, unset it or create it.")
-    try:  # a real write: permission bits say nothing for root or read-only mounts
-        fd, probe = tempfile.mkstemp(dir=base, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as error:
-        raise SettingsError(
-            f"TEST_TMPDIR={base!r} is not writable ({error.strerror}). Point it at a writable folder.") from None
+    why = unwritable_reason(base)
+    if why:
+        raise SettingsError(f"TEST_TMPDIR={base!r} is not writable ({why}). Point it at a writable folder.")
     return base
 
 
@@ -195,11 +208,12 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     """Checks every setting; raises SettingsError on the first bad one."""
     try:
         backends = matrix.device_of_backends()
+        devices = matrix.least_world_size()
     except matrix.MatrixError as error:
         raise SettingsError(str(error)) from None
     backend = _backend(env, backends)
-    device = _device(env, backend, backends)
-    world_size = _world_size(env, device)
+    device = _device(env, backend, backends, devices)
+    world_size = _world_size(env, device, devices)
     _shards(env)
     given = env.get("DIST_TESTS_START_METHOD", "")
     start_method = given or DEFAULT_START_METHOD

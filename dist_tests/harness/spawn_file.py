@@ -11,10 +11,9 @@ DIST_TESTS_ALLOW_SKIP=1 says that is expected.
 """
 
 import os
-import sys
 from collections.abc import Mapping
 
-from dist_tests.harness.settings import SETUP_ERROR_EXIT_CODE
+from dist_tests.harness.settings import exit_with_setup_error
 
 DEV_DBG_ASAN = "PYTORCH_TEST_WITH_DEV_DBG_ASAN"  # torch's TEST_WITH_DEV_DBG_ASAN, enabled by "1"
 
@@ -32,10 +31,9 @@ def require_distributed() -> None:
     import torch
 
     if not torch.distributed.is_available():
-        print(f"dist_tests: error: this torch ({torch.__version__}, {os.path.dirname(torch.__file__)}) has no "
-              "distributed support (torch.distributed.is_available() is False), so the spawn suite cannot run.\n"
-              "  Use a torch built with USE_DISTRIBUTED=1, as PyTorch's Linux wheels are.", file=sys.stderr, flush=True)
-        sys.exit(SETUP_ERROR_EXIT_CODE)
+        exit_with_setup_error(f"this torch ({torch.__version__}, {os.path.dirname(torch.__file__)}) has no "
+                              "distributed support (torch.distributed.is_available() is False), so the spawn suite "
+                              "cannot run.\n  Use a torch built with USE_DISTRIBUTED=1, as PyTorch's Linux wheels are.")
 
 
 def at_import() -> None:

@@ -19,7 +19,7 @@ from torch.testing._internal import common_distributed, common_utils
 from torch.testing._internal.common_distributed import MultiProcessTestCase
 from torch.testing._internal.distributed import distributed_test
 
-from dist_tests.harness.settings import SETUP_ERROR_EXIT_CODE
+from dist_tests.harness.settings import exit_with_setup_error
 
 # Exit code of a forked rank that finds torch's CUDA unusable in it: outside torch's own codes
 # (10 and 72..89), so the parent can tell it apart and rerun the test with spawn.
@@ -62,12 +62,11 @@ def check_torch_internals() -> None:
     """Exits with a clear message when the torch in use lacks what this harness relies on."""
     missing = missing_torch_internals()
     if missing:
-        print(f"dist_tests: error: torch {torch.__version__} ({os.path.dirname(torch.__file__)}) lacks test internals "
-              f"that this harness relies on: {'; '.join(missing)}.\n"
-              "  The harness (dist_tests/harness/torch_internals.py) is written for the lock's torch "
-              "(third_party/python/requirements_*_lock.txt); adapt that module to this torch, or use the lock's.",
-              file=sys.stderr, flush=True)
-        sys.exit(SETUP_ERROR_EXIT_CODE)
+        exit_with_setup_error(
+            f"torch {torch.__version__} ({os.path.dirname(torch.__file__)}) lacks test internals that this harness "
+            f"relies on: {'; '.join(missing)}.\n  The harness (dist_tests/harness/torch_internals.py) is written for "
+            "the lock's torch (third_party/python/requirements_*_lock.txt); adapt that module to this torch, or use "
+            "the lock's.")
 
 
 def prepare_parent(timeout_s: Any) -> None:
