@@ -48,8 +48,8 @@ def _started() -> None:
     """The first process forked from the server: it exists only once the preload has finished."""
 
 
-def start(extra_preload: list[str], report_dir: str) -> Proof:
-    """Starts the server with PRELOAD (then `extra_preload`), waits for its preload, returns its proof.
+def start(report_dir: str) -> Proof:
+    """Starts the server with PRELOAD, waits for its preload, returns its proof.
 
     Raises ForkserverError when a preload module failed to import in the server (multiprocessing
     itself would go on silently, slower) or the server died.
@@ -57,7 +57,7 @@ def start(extra_preload: list[str], report_dir: str) -> Proof:
     global _proof
     if _proof is not None:  # one server per run: its answer holds for every fork
         return _proof
-    preload = PRELOAD + [m for m in extra_preload if m not in PRELOAD]
+    preload = list(PRELOAD)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(preload + [PROOF_MODULE])
     ranks.use_private_socket_folder()

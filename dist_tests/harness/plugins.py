@@ -13,7 +13,8 @@ be there first. A line says all of it:
         "init_method": "tcp",                        # optional: file (torch's default), env or tcp
     }
 
-`check()` runs before torch is imported (the fields, and that the module can be found);
+`from_line()` and `check_findable()` run before torch is imported (the fields, and that the
+module can be found);
 `prepare()` after torch and before torch's suite: the entry point calls it, in the parent
 and in every spawned rank, and the forkserver's preload does (plugin_preload.py).
 """

@@ -131,7 +131,7 @@ def _start_forkserver(settings: settings_lib.Settings) -> None:
     """Starts the ranks' forkserver and uses it only if proven clean; else spawn, or an error when asked for."""
     from dist_tests.harness import forkserver
     try:
-        proof = forkserver.start([], settings.work_dir)
+        proof = forkserver.start(settings.work_dir)
     except forkserver.ForkserverError as error:
         die(f"{settings.target}: {error}.\n  Fix that import (PYTHONPATH, the environment's packages), or run with "
             "--test_env=DIST_TESTS_START_METHOD=spawn, upstream's way (slower).")

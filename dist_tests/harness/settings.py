@@ -18,9 +18,9 @@ from dist_tests.harness import matrix, plugins
 START_METHODS = ("forkserver", "spawn")
 
 
-# Ranks fork from a forkserver that imported torch once. On GPU hosts the server first proves
-# that no CUDA driver was initialised in it (cuda_driver.py) and the run falls back to spawn,
-# upstream's way, when it cannot; DIST_TESTS_START_METHOD=forkserver makes that an error.
+# Ranks fork from a forkserver that imported torch once. The server first proves that no CUDA
+# driver was initialised in it (cuda_driver.py) and the run falls back to spawn, upstream's way,
+# when it cannot; DIST_TESTS_START_METHOD=forkserver makes that an error.
 DEFAULT_START_METHOD = "forkserver"
 
 # Exit code for a run that could not start: bad settings or missing hardware.

@@ -34,6 +34,14 @@ class Outcomes:
         return f"{len(self.tests)} tests ({words or 'none'}) in {self.seconds:.1f} s"
 
 
+def as_upstream_says(outcome: str | None) -> str | None:
+    """The harness's word for a test's outcome in upstream's words: a known failure fails there, a flaky test passes.
+
+    Any other word of the harness's own ("not run") stays as it is, so it never matches upstream.
+    """
+    return {"known failure": "failed", "flaky": "passed"}.get(outcome or "", outcome)
+
+
 def run_in_session(args: list[str], env: Mapping[str, str], cwd: str | os.PathLike,
                    timeout: float | None) -> tuple[int, str]:
     """Runs a command in a session of its own; at the timeout, the whole session (ranks too) is killed."""
