@@ -1,4 +1,5 @@
-"""The interpreter and torch are inputs of the tests: runs that prove it, and the errors for a torch that changed."""
+"""The interpreter and torch are inputs of the tests: runs that prove it (an interpreter's own torch:
+test_interpreter_torch.py)."""
 
 import os
 import pathlib
@@ -7,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, bazel
+from conftest import ROOT
 
 FILTER = "--test_filter=test_all_reduce_sum"
 
@@ -59,38 +60,3 @@ tools/bazel {bazel_args} test //dist_tests:gloo_2 {FILTER} --nocache_test_result
     logs = output_base / "execroot" / "dist_tests" / "bazel-out" / "k8-fastbuild" / "testlogs" / "dist_tests" / "gloo_2"
     assert "//dist_tests:gloo_2: 1 passed, 0 failed, 0 skipped" in (logs / "shard_1_of_4" / "test.log").read_text()
     shutil.rmtree(output_base, ignore_errors=True)
-
-
-def fake_torch_interpreter(tmp_path: pathlib.Path, host: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """A venv of the host's Python whose only torch is a stub distribution: enough to fingerprint, nothing to run."""
-    venv = tmp_path / "venv"
-    subprocess.run([str(host / "bin" / "python3"), "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
-                   check=True)
-    site = next(venv.glob("lib/python3.*/site-packages"))
-    (site / "torch").mkdir()
-    (site / "torch" / "version.py").write_text("__version__ = '9.9.9+stub'\ngit_version = 'abc123'\n")
-    info = site / "torch-9.9.9.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 9.9.9\n")
-    (info / "RECORD").write_text("torch/version.py,,\n"
-                                 "torch-9.9.9.dist-info/METADATA,,\ntorch-9.9.9.dist-info/RECORD,,\n")
-    return venv / "bin" / "python3", info / "RECORD"
-
-
-def test_the_interpreters_own_torch_is_fingerprinted_and_checked(tmp_path, python, fresh_output_base):
-    interpreter, record = fake_torch_interpreter(tmp_path, host_prefix(python))
-    run = bazel("build", "@dist_python//:runtime", "@dist_python_cpu//:site_packages",
-                f"--repo_env=DIST_TESTS_PYTHON={interpreter}", "--repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1",
-                startup=fresh_output_base)
-    assert run.returncode == 0, run.output
-    environment = tmp_path / "output_base" / "external" / "dist_python"
-    identity = (environment / "python_identity.txt").read_text()
-    assert "torch: the interpreter's own, 9.9.9+stub (git abc123), RECORD sha256 " in identity
-    wrapper = str(environment / "python3")
-    assert subprocess.run([wrapper, "-c", "pass"], capture_output=True).returncode == 0
-
-    record.write_text(record.read_text() + "torch/new_file.py,,\n")  # torch reinstalled in place
-    changed = subprocess.run([wrapper, "-c", "pass"], capture_output=True, text=True)
-    assert changed.returncode == 3
-    assert f"the torch installed for {interpreter} changed" in changed.stderr
-    assert "tools/bazel sync --only=dist_python," in changed.stderr

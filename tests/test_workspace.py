@@ -26,14 +26,16 @@ def test_a_cpu_command_on_a_fresh_output_base_downloads_nothing_and_makes_no_cud
 
 def test_an_interpreter_of_another_version_is_refused(fresh_output_base, tmp_path):
     fake = tmp_path / "python3.9"
-    fake.write_text("#!/bin/sh\necho /opt/fake/bin/python3.9\necho 3.9\n")
+    fake.write_text("#!/bin/sh\necho /opt/fake/bin/python3.9\necho cpython\necho 3.9\n")
     fake.chmod(0o755)
     run = bazel("build", "//tests:locked_env_cpu_test", f"--repo_env=DIST_TESTS_PYTHON={fake}",
                 startup=fresh_output_base)
     assert run.returncode != 0
-    assert "is Python 3.9" in run.output
-    assert "locked for Python 3.11" in run.output
-    assert "DIST_TESTS_PYTHON" in run.output
+    assert "locked for CPython 3.11" in run.output and "but /opt/fake/bin/python3.9 is Python 3.9" in run.output
+    # Both ways out: a 3.11, or this interpreter's own torch.
+    assert "--repo_env=DIST_TESTS_PYTHON=/path/to/python3.11" in run.output
+    own_torch = "--repo_env=DIST_TESTS_PYTHON=/opt/fake/bin/python3.9 --repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1"
+    assert own_torch in run.output
 
 
 def test_a_torch_wheel_needs_its_own_sha256(fresh_output_base, tmp_path):

@@ -24,7 +24,12 @@ from typing import Any
 from absl.testing import xml_reporter
 
 from dist_tests.harness import shared
-from dist_tests.harness.shared import KNOWN_FAILURE_PREFIX, NOT_RUN_PREFIX, START_METHOD_PROPERTY
+from dist_tests.harness.shared import (
+    KNOWN_FAILURE_PREFIX,
+    NOT_RUN_PREFIX,
+    START_METHOD_PROPERTY,
+    TORCH_FLAGS_PROPERTY,
+)
 from dist_tests.harness.state import RUN, time_hint
 
 
@@ -33,7 +38,7 @@ def _target() -> str:
 
 
 def repro_command(test_name: str) -> str:
-    return shared.repro_command(_target(), test_name)
+    return shared.repro_command(_target(), test_name, RUN.settings.torch_flags if RUN.settings else "")
 
 
 def _attempt_element(element: str, attempt: Any) -> str:
@@ -144,6 +149,9 @@ class _Result(xml_reporter._TextAndXMLTestResult):
             )
         # The start method in the XML too (tools/results/report.py lists fallbacks): a testsuites property.
         self.suite._testsuites_properties[START_METHOD_PROPERTY] = RUN.start_method_note()
+        if RUN.settings and RUN.settings.torch_flags:
+            # The report's rerun commands carry them too.
+            self.suite._testsuites_properties[TORCH_FLAGS_PROPERTY] = RUN.settings.torch_flags
         super().stopTestRun()
         reasons = collections.Counter(reason for _, reason in self.skipped
                                       if not reason.startswith(KNOWN_FAILURE_PREFIX))

@@ -62,6 +62,7 @@ class Settings:
     work_dir: str  # every file the run writes goes below this folder
     outputs_dir: str | None  # Bazel's undeclared outputs, when run by Bazel
     target: str  # the Bazel label, for repro lines
+    torch_flags: str  # the --repo_env flags that chose the interpreter or torch, for repro lines
     deadline_s: float | None  # seconds after start when Bazel kills the run
     per_test_timeout_s: int | None
     rank_threads: int  # intra-op threads per rank: a fair share of the cores the target reserved
@@ -246,6 +247,7 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         outputs_dir=outputs,
         target=env.get("TEST_TARGET",
                        f"//dist_tests:{matrix.target_name(line) if line else f'{backend}_{world_size}'}"),
+        torch_flags=env.get("DIST_TESTS_TORCH_FLAGS", ""),
         deadline_s=float(timeout) if timeout else None,
         per_test_timeout_s=per_test,
         rank_threads=max(1, reserved_cpus(env) // world_size),

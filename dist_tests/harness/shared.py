@@ -14,11 +14,14 @@ NOT_RUN_PREFIX = "did not run"
 # when they fell back from the forkserver to spawn.
 START_METHOD_PROPERTY = "dist_tests_start_method"
 FALLBACK_PREFIX = "spawn (fell back from the forkserver"
+# The test.xml property that holds the --repo_env flags which chose the run's interpreter or torch
+# (the interpreter's wrapper passes them in DIST_TESTS_TORCH_FLAGS); absent with the locked torch.
+TORCH_FLAGS_PROPERTY = "dist_tests_torch_flags"
 
 
-def repro_command(label: str, test_name: str) -> str:
-    """The one command that reruns one test of a target alone."""
-    return f"tools/bazel test {label} --test_filter={test_name}"
+def repro_command(label: str, test_name: str, torch_flags: str = "") -> str:
+    """The one command that reruns one test of a target alone, on the same torch as the run it repeats."""
+    return f"tools/bazel test {label} --test_filter={test_name}" + (f" {torch_flags}" if torch_flags else "")
 
 
 def free_port() -> int:

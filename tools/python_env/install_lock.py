@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Installs a hash-locked requirements file into one folder with uv, from pip's wheel sources.
 
-Run by //tools/python_env:packages.bzl with the interpreter the packages are for:
+Run by //tools/python_env:packages.bzl:
 
-    python3 install_lock.py UV LOCK TARGET_DIR
+    python3 install_lock.py UV LOCK TARGET_DIR [PYTHON]
+
+for PYTHON, the interpreter the packages are for (the one running this script when not given;
+the running one must have pip, whose configuration is read).
 
 uv installs the wheels of a hash-checked lock in parallel (a cold CUDA environment here: about
 20 s against pip's 51 s), but it does not read pip's configuration. So the sources are pip's own:
@@ -16,6 +19,7 @@ same locked wheels with uv. Every wheel must match a hash of the lock, whatever 
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -140,30 +144,36 @@ def _hint(output: str, lock: str) -> str:
 
 
 def requirements_only(lock: str) -> str:
-    """A copy of the lock without its index lines (uv would obey them, unreachable or not); its path."""
-    copy = lock + ".pins"
-    with open(lock) as f, open(copy, "w") as out:
+    """A temporary copy of the lock without its index lines (uv would obey them, unreachable or not); its path.
+    Not beside the lock: that may be a checkout's file."""
+    fd, copy = tempfile.mkstemp(prefix="install_lock_", suffix=".txt")
+    with open(lock) as f, os.fdopen(fd, "w") as out:
         out.writelines(line for line in f if line.split(" ", 1)[0].strip() not in INDEX_OPTIONS)
     return copy
 
 
-def main(uv: str, lock: str, target: str) -> int:
+def main(uv: str, lock: str, target: str, python: str = sys.executable) -> int:
+    """Installs lock into target for python (an environment made with uv may lack pip: this script's
+    interpreter, which has it, says what pip's configuration is)."""
     config = pip_config(sys.executable)
     env = clean_environ()
     if config.get("cert"):
         env["SSL_CERT_FILE"] = config["cert"]
     sources = uv_source_args(*lock_indexes(lock), config)
     command = [
-        uv, "pip", "install", "--no-progress", "--python", sys.executable, "--target", target,
+        uv, "pip", "install", "--no-progress", "--python", python, "--target", target,
         "--require-hashes", "--no-deps", "--only-binary", ":all:", "--no-compile",
         # Every source is weighed for every pin, as pip does; the hashes decide what is installed.
         "--index-strategy", "unsafe-best-match",
         # Copies, not links into uv's cache: files here are rewritten later (runfiles_safe_names).
         "--link-mode", "copy",
         *sources,
-        "--requirement", requirements_only(lock),
+        "--requirement", pins := requirements_only(lock),
     ]
-    run = subprocess.run(command, env=env, capture_output=True, text=True)
+    try:
+        run = subprocess.run(command, env=env, capture_output=True, text=True)
+    finally:
+        os.remove(pins)
     if run.returncode != 0:
         output = run.stdout + run.stderr
         print(output[-6000:] + "\n" + hint(output, lock, sources), file=sys.stderr)
@@ -172,6 +182,6 @@ def main(uv: str, lock: str, target: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
     sys.exit(main(*sys.argv[1:]))

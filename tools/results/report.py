@@ -103,6 +103,7 @@ class TargetResult:
     skip_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     problems: list[str] = dataclasses.field(default_factory=list)
     fallbacks: list[str] = dataclasses.field(default_factory=list)  # shards whose ranks left the forkserver, and why
+    torch_flags: str = ""  # the --repo_env flags that chose the run's torch, for rerun commands
 
     @property
     def label(self) -> str:
@@ -113,7 +114,7 @@ class TargetResult:
         return bool(self.shards)
 
     def repro(self, test: str) -> str:
-        return repro_command(self.label, test)
+        return repro_command(self.label, test, self.torch_flags)
 
 
 def _count(result: TargetResult, attempt: testlogs.Attempt) -> None:
@@ -129,6 +130,8 @@ def _count(result: TargetResult, attempt: testlogs.Attempt) -> None:
         result.problems.append(f"{attempt.xml}: malformed XML ({error})")
         return
     method = testlogs.read_start_method(attempt.xml) if attempt.xml else None
+    if attempt.xml:
+        result.torch_flags = testlogs.read_torch_flags(attempt.xml) or result.torch_flags
     if method and method.startswith(testlogs.FALLBACK_PREFIX):
         result.fallbacks.append(f"shard {attempt.shard}: ranks by {method}")
     for case in cases:

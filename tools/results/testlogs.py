@@ -24,6 +24,7 @@ from dist_tests.harness.shared import (  # noqa: F401
     KNOWN_FAILURE_PREFIX,
     NOT_RUN_PREFIX,
     START_METHOD_PROPERTY,
+    TORCH_FLAGS_PROPERTY,
 )
 
 # Relative to the workspace root (Bazel resolves the relative path in .bazelrc against it).
@@ -219,12 +220,22 @@ def newer_results(invocation: Invocation, testlogs_dir: pathlib.Path) -> list[pa
     return sorted(p for p in testlogs_dir.rglob("test.xml") if p.stat().st_mtime > written + 1)
 
 
-def read_start_method(xml_path: pathlib.Path) -> str | None:
-    """How the run's ranks started (the harness's START_METHOD_PROPERTY), a fallback included; None if unsaid."""
+def read_property(xml_path: pathlib.Path, name: str) -> str | None:
+    """A property the harness wrote into test.xml; None if unsaid."""
     for prop in ET.parse(xml_path).getroot().iter("property"):
-        if prop.get("name") == START_METHOD_PROPERTY:
+        if prop.get("name") == name:
             return prop.get("value")
     return None
+
+
+def read_start_method(xml_path: pathlib.Path) -> str | None:
+    """How the run's ranks started (the harness's START_METHOD_PROPERTY), a fallback included; None if unsaid."""
+    return read_property(xml_path, START_METHOD_PROPERTY)
+
+
+def read_torch_flags(xml_path: pathlib.Path) -> str:
+    """The --repo_env flags that chose the run's torch (the harness's TORCH_FLAGS_PROPERTY); "" for the locked one."""
+    return read_property(xml_path, TORCH_FLAGS_PROPERTY) or ""
 
 
 def read_cases(xml_path: pathlib.Path) -> list[Case]:
