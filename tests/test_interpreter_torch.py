@@ -89,7 +89,8 @@ def pycache_folders(folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def test_an_editable_checkout_is_the_targets_torch_every_edit_reruns_and_an_unchanged_one_is_cached(
-        base, standins, tmp_path):
+        base, standins, tmp_path, python):
+    locked = python
     python, torch = standins["editable"]
     first = run_selection(base, python)
     assert first.returncode == 0, first.output
@@ -107,7 +108,13 @@ def test_an_editable_checkout_is_the_targets_torch_every_edit_reruns_and_an_unch
         assert f"RuntimeError: {EDITED}" in edited.output
         # The rerun command keeps the torch it ran on.
         flags = " ".join(interpreter_flags(python))
-        assert f"Reproduce alone: tools/bazel test {TARGET} --test_filter=test_all_reduce_sum {flags}" in edited.output
+        rerun = f"tools/bazel test {TARGET} --test_filter=test_all_reduce_sum {flags}"
+        assert f"Reproduce alone: {rerun}" in edited.output
+        testlogs = pathlib.Path(base[0][0].split("=", 1)[1]) / "execroot/dist_tests/bazel-out/k8-fastbuild/testlogs"
+        subprocess.run([locked, str(ROOT / "tools/results/report.py"), "--matrix=gloo_2",
+                        f"--events={ROOT / 'bazel-test-events.json'}", f"--testlogs={testlogs}",
+                        f"--out={tmp_path / 'report'}"], capture_output=True, text=True)
+        assert rerun in (tmp_path / "report" / "report.md").read_text()
     finally:
         (torch / "distributed" / "distributed_c10d.py").write_text(original)
     # Bazel reruns a shard that failed last time; the others have the first run's inputs again, cached.
