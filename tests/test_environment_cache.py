@@ -1,7 +1,10 @@
 """The environment cache (tools/python_env/environment_cache.py): a finished site-packages, stored once, is linked
 into a later fetch with the same inputs, and an entry that is damaged or unfinished is never used.
 
-The module's tests run it on small real folders, as the package rule runs it (the host's python3).
+The module's tests run it on small real folders, as the package rule runs it (the host's python3). The Bazel test
+fetches @dist_python_cpu in a workspace copy with a cache folder of its own, with the interpreter's own torch
+(DIST_TESTS_USE_INTERPRETER_TORCH=1), so that the real rule installs only the harness's few wheels of the real CPU
+lock and the test stays short.
 """
 
 import os
@@ -9,10 +12,12 @@ import pathlib
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, bazel
+from test_remote_cache import copy_workspace
 from tools.python_env import environment_cache  # noqa: E402
 
 MODULE = ROOT / "tools" / "python_env" / "environment_cache.py"
@@ -192,3 +197,72 @@ def test_the_key_covers_the_files_bytes_the_values_and_the_interpreter(tmp_path)
     assert key(f"lock=@{lock}", "torch=wheel", "pip configuration=a\nb")[-1] != first[-1]
     lock.write_text("# a comment\nabsl-py===2.5.1\n")
     assert key(f"lock=@{lock}", "torch=locked", "pip configuration=a\nb")[-1] != first[-1]
+
+
+def fetch(workspace: pathlib.Path, base: pathlib.Path, cache: pathlib.Path, *command: str) -> tuple[float, str]:
+    """A command (a build of @dist_python_cpu//:site_packages by default) with the interpreter's own torch;
+    its wall time and output."""
+    started = time.monotonic()
+    run = bazel(*(command or ("build", "@dist_python_cpu//:site_packages")),
+                "--repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1", startup=(f"--output_base={base}",),
+                env={"DIST_TESTS_ENV_CACHE": str(cache)}, workspace=workspace, timeout=600)
+    assert run.returncode == 0, run.output
+    return time.monotonic() - started, run.output
+
+
+def test_a_fresh_output_base_links_the_environment_another_one_made(tmp_path):
+    workspace = copy_workspace(tmp_path / "workspace")
+    cache = tmp_path / "cache"
+    bases = [tmp_path / "ob1", tmp_path / "ob2"]
+    repository = [base / "external" / "dist_python_cpu" for base in bases]
+    try:
+        # The first fetch installs and stores.
+        made, _ = fetch(workspace, bases[0], cache)
+        bazel("shutdown", startup=(f"--output_base={bases[0]}",), workspace=workspace)
+        entries = [p for p in cache.iterdir() if p.is_dir()]
+        assert len(entries) == 1 and (entries[0] / "ready").is_file(), list(cache.iterdir())
+        assert (repository[0] / "environment_cache.txt").read_text().splitlines()[-1] == \
+            f"environment_cache: stored {repository[0] / 'site-packages'} as {entries[0]}"
+        key = (repository[0] / "environment_cache.txt").read_text().splitlines()[-2]
+        assert key == f"key: {entries[0].name}"
+
+        # A second fresh output base links the same files, quickly.
+        restored, _ = fetch(workspace, bases[1], cache)
+        record = (repository[1] / "environment_cache.txt").read_text().splitlines()
+        assert record[-2] == key
+        took = re.fullmatch(rf"environment_cache: restored \d+ files from {re.escape(str(entries[0]))} \(linked\), "
+                            r"verified in [\d.]+ s, in all ([\d.]+) s", record[-1])
+        assert took and float(took[1]) < 5, record[-1]
+        print(f"fresh output base: installed and stored in {made:.1f} s, restored in {restored:.1f} s "
+              f"(the restore itself {took[1]} s)")
+        pytest_init = pathlib.Path("site-packages") / "pytest" / "__init__.py"
+        inode = (entries[0] / pytest_init).stat().st_ino
+        assert (repository[1] / pytest_init).stat().st_ino == inode == (repository[0] / pytest_init).stat().st_ino
+        assert tree(repository[1] / "site-packages") == tree(repository[0] / "site-packages")
+
+        # A lock changed by a comment alone is another key: installed and stored anew.
+        lock = workspace / "third_party" / "python" / "requirements_cpu_lock.txt"
+        lock.write_text(lock.read_text() + "# a comment\n")
+        fetch(workspace, bases[1], cache)
+        record = (repository[1] / "environment_cache.txt").read_text().splitlines()
+        assert record[-2] != key and record[-1].startswith("environment_cache: stored"), record
+        assert (repository[1] / pytest_init).stat().st_ino != inode
+        second = cache / record[-2].split(" ")[-1]
+        assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+
+        # That entry, damaged in place at the same size, is removed and made again on the next fetch.
+        good = (second / pytest_init).read_bytes()
+        change_same_size(second / pytest_init)
+        _, output = fetch(workspace, bases[1], cache, "sync", "--only=dist_python_cpu")
+        assert f"environment_cache: removed the entry {second}: damaged: {pytest_init.relative_to('site-packages')} " \
+               "changed (sha256)" in output
+        record = (repository[1] / "environment_cache.txt").read_text().splitlines()
+        assert record[-2:] == [f"environment_cache: removed the entry {second}: damaged: "
+                               f"{pytest_init.relative_to('site-packages')} changed (sha256)",
+                               f"environment_cache: stored {repository[1] / 'site-packages'} as {second}"], record
+        assert (second / pytest_init).read_bytes() == good == (repository[1] / pytest_init).read_bytes()
+    finally:
+        for base in bases:
+            bazel("shutdown", startup=(f"--output_base={base}",), workspace=workspace)
+            subprocess.run(["chmod", "-R", "u+w", str(base)], check=False)
+            shutil.rmtree(base, ignore_errors=True)

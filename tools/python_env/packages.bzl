@@ -22,9 +22,20 @@ Settings, through `--repo_env` (or the client environment):
 pip's own configuration (config files, `PIP_INDEX_URL`, `PIP_EXTRA_INDEX_URL`,
 `PIP_FIND_LINKS`) adds to the indexes the lock names; uv itself (pinned in
 third_party/python/installer_lock.txt) is installed with pip.
+
+A finished `site-packages` goes into the machine's environment cache (environment_cache.py), by
+the digest of everything that made it; a later fetch with the same inputs (another output base,
+a workspace copy) links that entry in, verified file by file, instead of installing, renaming and
+compiling again. `environment_cache.txt` (not an input of any target) lists the key's inputs and
+what the cache did. `DIST_TESTS_ENV_CACHE` moves the cache, or turns it off (`0`).
 """
 
 load(":common.bzl", "PIP_ENV", "SETTINGS", "fail_with", "host_python", "run", "uses_interpreter_torch")
+
+# What the steps below (install, rename, compile) make of the same inputs. Change it whenever
+# they change, so that the environment cache makes a new entry instead of reusing one that the
+# old steps made.
+_ENVIRONMENT_FORMAT = "1"
 
 # The packages that the runner itself needs, installed even when torch comes from elsewhere.
 _HARNESS_PACKAGES = ["absl-py", "expecttest", "pytest", "iniconfig", "packaging", "pluggy", "pygments"]
@@ -105,22 +116,43 @@ def _pip_install(rctx, executable, args, what):
     pip = [executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", "--target"]
     run(rctx, pip + args, what, environment = env)
 
-def _python_packages_impl(rctx):
-    lock = rctx.attr.lock
-    python = host_python(rctx, lock)
-    options, requirements = _lock_entries(rctx.read(lock))
-    torch_wheel = rctx.os.environ.get("DIST_TESTS_TORCH_WHEEL", "")
-    if uses_interpreter_torch(rctx):
-        requirements = [r for r in requirements if _package_name(r) in _HARNESS_PACKAGES]
-        torch_identity = "the interpreter's own (see @dist_python//:python_identity.txt)"
-    elif torch_wheel:
-        wheel_sha256 = _checked_wheel_sha256(rctx, python.executable, torch_wheel)
-        requirements = [r for r in requirements if _package_name(r) != "torch"]
-        torch_identity = "wheel %s sha256 %s" % (rctx.path(torch_wheel).basename, wheel_sha256)
-    else:
-        torch_identity = "locked, " + [r.split(" ")[0] for r in requirements if _package_name(r) == "torch"][0]
+def _cache_env(rctx):
+    # Not in the rule's `environ`: the cache gives the environment a fresh install would make, so
+    # moving or turning it off must not throw away a repository that is already there.
+    return {"DIST_TESTS_ENV_CACHE": rctx.os.environ.get("DIST_TESTS_ENV_CACHE", "")}
 
-    rctx.file("locked_requirements.txt", "\n".join(options + requirements) + "\n")
+def _cache_key(rctx, python, torch_identity, torch_wheel):
+    """The environment's key and the text that explains it (environment_cache.py key)."""
+
+    # Every wheel is hash-checked, but uv records where a local wheel came from (uv_cache.json),
+    # so pip's sources are part of what an install makes.
+    pip_config = run(rctx, [python.executable, "-E", "-m", "pip", "config", "list"], "pip config list").stdout
+    inputs = [
+        "format=" + _ENVIRONMENT_FORMAT,
+        "device=" + rctx.attr.device,
+        "lock=@%s" % rctx.path(rctx.attr.lock),
+        "installer lock=@%s" % rctx.path(rctx.attr._installer_lock),
+        "install_lock.py=@%s" % rctx.path(rctx.attr._install_lock),
+        "runfiles_safe_names.py=@%s" % rctx.path(rctx.attr._safe_names),
+        "torch=" + torch_identity,
+        "torch wheel=" + torch_wheel,
+        # The requirements this rule selected from the lock (all, or the harness's alone).
+        "requirements=@%s" % rctx.path("locked_requirements.txt"),
+        "pip configuration=" + pip_config,
+    ]
+    explained = run(rctx, [python.executable, "-E", rctx.path(rctx.attr._environment_cache), "key"] + inputs, "Computing the environment's cache key").stdout
+    return explained.strip().splitlines()[-1].split(" ")[-1], explained
+
+def _cache(rctx, python, verb, key):
+    """Runs environment_cache.py VERB KEY site-packages; its result."""
+    return rctx.execute(
+        [python.executable, "-E", rctx.path(rctx.attr._environment_cache), verb, key, str(rctx.path("site-packages"))],
+        environment = _cache_env(rctx),
+        quiet = True,
+    )
+
+def _install(rctx, python, lock, requirements, torch_wheel):
+    """Installs, renames and compiles the selected requirements into site-packages."""
 
     # The installer, uv, pinned by hash like the packages, installed with pip from pip's sources.
     rctx.report_progress("pip install: the installer (uv)")
@@ -150,8 +182,42 @@ def _python_packages_impl(rctx):
     site = str(rctx.path("site-packages"))
     run(rctx, [python.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-s", site, "-p", "/site-packages", site], "compileall", ok_codes = [0, 1], environment = {"PYTHONHASHSEED": "0"})
 
+def _python_packages_impl(rctx):
+    lock = rctx.attr.lock
+    python = host_python(rctx, lock)
+    options, requirements = _lock_entries(rctx.read(lock))
+    torch_wheel = rctx.os.environ.get("DIST_TESTS_TORCH_WHEEL", "")
+    if uses_interpreter_torch(rctx):
+        requirements = [r for r in requirements if _package_name(r) in _HARNESS_PACKAGES]
+        torch_identity = "the interpreter's own (see @dist_python//:python_identity.txt)"
+    elif torch_wheel:
+        wheel_sha256 = _checked_wheel_sha256(rctx, python.executable, torch_wheel)
+        requirements = [r for r in requirements if _package_name(r) != "torch"]
+        torch_identity = "wheel %s sha256 %s" % (rctx.path(torch_wheel).basename, wheel_sha256)
+    else:
+        torch_identity = "locked, " + [r.split(" ")[0] for r in requirements if _package_name(r) == "torch"][0]
+
+    rctx.file("locked_requirements.txt", "\n".join(options + requirements) + "\n")
+
+    key, explained = _cache_key(rctx, python, torch_identity, torch_wheel)
+    rctx.report_progress("Looking for the %s packages in the environment cache" % rctx.attr.device)
+    restored = _cache(rctx, python, "restore", key)
+    if restored.return_code == 0:
+        # The files are the cache's own (hard links): nothing below writes into site-packages.
+        outcome = restored.stderr
+    else:
+        if restored.stderr:
+            # A damaged entry (removed) or a cache that cannot be read: worth a line, not a failure.
+            print("python_env: " + restored.stderr.strip())  # buildifier: disable=print
+        _install(rctx, python, lock, requirements, torch_wheel)
+        stored = _cache(rctx, python, "store", key)
+        if stored.return_code != 0:
+            print("python_env: " + stored.stderr.strip())  # buildifier: disable=print
+        outcome = restored.stderr + stored.stderr
+
     rctx.file("environment.txt", "device: %s\nlock: %s\npython: %s\ntorch: %s\n" % (rctx.attr.device, lock, python.version, torch_identity))
     rctx.file("BUILD.bazel", _BUILD_TEMPLATE)
+    rctx.file("environment_cache.txt", explained + outcome)
 
 python_packages = repository_rule(
     implementation = _python_packages_impl,
@@ -162,6 +228,7 @@ python_packages = repository_rule(
             allow_single_file = True,
             doc = "The hash-locked requirements file, with a '# python: X.Y' line.",
         ),
+        "_environment_cache": attr.label(default = "//tools/python_env:environment_cache.py", allow_single_file = True),
         "_install_lock": attr.label(default = "//tools/python_env:install_lock.py", allow_single_file = True),
         "_installer_lock": attr.label(default = "//third_party/python:installer_lock.txt", allow_single_file = True),
         "_safe_names": attr.label(default = "//tools/python_env:runfiles_safe_names.py", allow_single_file = True),
