@@ -13,9 +13,9 @@ and compile the same ~1 GB of locked wheels again. An entry is `KEY/site-package
 files of the output base that made it: no second copy on disk), `KEY/manifest.txt` (every folder, and
 every file's mode, size and sha256) and `KEY/ready`, written last; it is made in a temporary folder
 and renamed into place, under a lock per key (`KEY.lock`), so two fetches at once do not collide.
-A restore hashes every file against the manifest before linking it (about 1.2 s for the CPU
-environment here): the files are shared with every output base that restored them, so a file
-written to in any of them shows up here. Across filesystems the files are copied instead.
+A restore hashes every file against the manifest before linking it (the CPU environment's 1 GB:
+about 2 s here, more on a busy machine): the files are shared with every output base that restored
+them, so a file written to in any of them shows up here. Across filesystems the files are copied.
 
 DIST_TESTS_ENV_CACHE: the cache folder (default ${XDG_CACHE_HOME:-~/.cache}/dist_tests/environments);
 `0` turns the cache off (restore finds nothing, store stores nothing).

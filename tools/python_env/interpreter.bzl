@@ -151,7 +151,7 @@ def _python_interpreter_impl(rctx):
         torch_identity = "torch: locked"
 
         # Not kept in the environment cache (environment_cache.py) as the packages are: the copy
-        # takes about 2 s here, against about 25 s for the CPU packages.
+        # takes about 2 s here, against half a minute or more for the CPU packages.
         rctx.report_progress("Copying the interpreter")
         run(rctx, relocate + ["python", "python_identity.txt"], "Copying the interpreter %s" % python.executable)
         python_command = '"$here/python/bin/python%s"' % python.version

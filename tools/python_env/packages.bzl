@@ -217,6 +217,9 @@ def _python_packages_impl(rctx):
 
     rctx.file("environment.txt", "device: %s\nlock: %s\npython: %s\ntorch: %s\n" % (rctx.attr.device, lock, python.version, torch_identity))
     rctx.file("BUILD.bazel", _BUILD_TEMPLATE)
+
+    # Not in environment.txt: that is an input of every test, and the key holds the interpreter's
+    # path, which differs between machines that share a remote cache.
     rctx.file("environment_cache.txt", explained + outcome)
 
 python_packages = repository_rule(
