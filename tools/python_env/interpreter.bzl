@@ -185,6 +185,9 @@ def _python_interpreter_impl(rctx):
     else:
         # Where torch comes from is each package repository's own record (environment.txt).
         torch_identity = "torch: locked"
+
+        # Not kept in the environment cache (environment_cache.py) as the packages are: the copy
+        # takes about 2 s here, against half a minute or more for the CPU packages.
         rctx.report_progress("Copying the interpreter")
         run(rctx, relocate + ["python", "python_identity.txt"], "Copying the interpreter %s" % python.executable)
         python_command = '"$here/python/bin/python%s"' % python.version
