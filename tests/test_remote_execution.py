@@ -30,6 +30,9 @@ LONG_FILTER = "--test_filter=*all_reduce*"
 # Every test writes a timing file to Bazel's undeclared outputs; all-skipped GPU shards pass.
 ENV = ("--test_env=DIST_TESTS_TIMING=1", "--test_env=DIST_TESTS_ALLOW_SKIP=1")
 QUEUE_TIMEOUT_S = 20
+# No more actions at once than the cluster has cpu workers: BuildGrid counts a job's wait for a busy
+# worker against QUEUE_TIMEOUT_S too. After --config=remote, whose --jobs=64 would win otherwise.
+JOBS = ("--jobs=2",)
 ACTION_LINE = re.compile(r" action (?P<digest>\S+) (?P<event>started|done) pool=(?P<pool>\S+) worker=(?P<worker>\S+) "
                          r"target=(?P<target>\S+) shard=(?P<shard>\S+)(?P<rest>.*)")
 
@@ -118,7 +121,7 @@ def test_filtered_suite_runs_on_the_cpu_pool_gpu_target_on_the_gpu_pool_with_loc
     local_outcomes = case_outcomes(GLOO)
     assert len(local_outcomes) > 10
 
-    run = bazel("test", GLOO, NCCL, LONG_FILTER, *ENV, "--nocache_test_results", "--jobs=2", *cluster.flags)
+    run = bazel("test", GLOO, NCCL, LONG_FILTER, *ENV, "--nocache_test_results", *cluster.flags, *JOBS)
     assert run.returncode == 0, run.output
     print(f"remote run: {processes_line(run.output)}")
     assert re.search(r"\b6 remote\b", processes_line(run.output)), processes_line(run.output)
@@ -149,7 +152,7 @@ def test_second_clone_gets_every_test_action_from_the_remote_action_cache(cluste
     # Its own action keys, so that this clone runs them remotely (--nocache_test_results runs
     # are not cached, and this workspace may hold local results of the same keys).
     key = "--test_env=DIST_TESTS_REMOTE_CACHE_CHECK=1"
-    first = bazel("test", GLOO, NCCL, FILTER, *ENV, key, "--jobs=2", *cluster.flags)
+    first = bazel("test", GLOO, NCCL, FILTER, *ENV, key, *cluster.flags, *JOBS)
     assert first.returncode == 0, first.output
     assert re.search(r"\b6 remote\b", processes_line(first.output)), processes_line(first.output)
     executed = len(cluster.actions())
@@ -158,7 +161,7 @@ def test_second_clone_gets_every_test_action_from_the_remote_action_cache(cluste
     try:
         proc = subprocess.run(
             [str(clone / "tools/bazel"), f"--output_base={output_base}", "test", GLOO, NCCL, FILTER, *ENV, key,
-             "--jobs=2", *cluster.flags],
+             *cluster.flags, *JOBS],
             cwd=clone, capture_output=True, text=True, timeout=1800,
         )
         output = proc.stdout + proc.stderr
