@@ -20,6 +20,9 @@ from conftest import ROOT, bazel
 from test_remote_cache import copy_workspace
 from tools.python_env import environment_cache  # noqa: E402
 
+# Its Bazel runs are in workspace copies with output bases of their own: tools/selftest runs it beside the others.
+pytestmark = pytest.mark.own_workspace
+
 MODULE = ROOT / "tools" / "python_env" / "environment_cache.py"
 # The host's interpreter, as the package rules run the module.
 HOST_PYTHON = shutil.which("python3")

@@ -24,6 +24,9 @@ from test_remote_cache import copy_workspace
 sys.path.insert(0, str(ROOT / "tools" / "python_env"))
 import standin_torch  # noqa: E402
 
+# Its Bazel runs are in workspace copies with output bases of their own: tools/selftest runs it beside the others.
+pytestmark = pytest.mark.own_workspace
+
 TARGET = "//dist_tests:gloo_2"
 SELECTION = "--test_filter=test_all_reduce_sum"
 EDITED = "all_reduce edited to raise"
@@ -38,11 +41,13 @@ def interpreter_flags(python: pathlib.Path) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """Startup options of this module's Bazel server, with its own output base, and a disk cache beside it."""
+    """This module's workspace copy, the startup options of its Bazel server (an output base of its own) and a
+    disk cache beside it: nothing here touches the checkout's own server or files."""
     folder = tmp_path_factory.mktemp("interpreter_torch")
+    workspace = copy_workspace(folder / "workspace")
     startup = (f"--output_base={folder / 'output_base'}",)
-    yield startup, folder / "disk_cache"
-    bazel("shutdown", startup=startup)
+    yield startup, folder / "disk_cache", workspace
+    bazel("shutdown", startup=startup, workspace=workspace)
     subprocess.run(["chmod", "-R", "u+w", str(folder)], check=False)
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -62,8 +67,8 @@ def standins(tmp_path_factory):
         shutil.rmtree(python.parent.parent.parent, ignore_errors=True)
 
 
-def run_selection(base, python: pathlib.Path, *extra: str, workspace: pathlib.Path = ROOT):
-    startup, disk_cache = base
+def run_selection(base, python: pathlib.Path, *extra: str):
+    startup, disk_cache, workspace = base
     return bazel("test", TARGET, SELECTION, *interpreter_flags(python), f"--disk_cache={disk_cache}", *extra,
                  startup=startup, workspace=workspace)
 
@@ -112,7 +117,7 @@ def test_an_editable_checkout_is_the_targets_torch_every_edit_reruns_and_an_unch
         assert f"Reproduce alone: {rerun}" in edited.output
         testlogs = pathlib.Path(base[0][0].split("=", 1)[1]) / "execroot/dist_tests/bazel-out/k8-fastbuild/testlogs"
         subprocess.run([locked, str(ROOT / "tools/results/report.py"), "--matrix=gloo_2",
-                        f"--events={ROOT / 'bazel-test-events.json'}", f"--testlogs={testlogs}",
+                        f"--events={base[2] / 'bazel-test-events.json'}", f"--testlogs={testlogs}",
                         f"--out={tmp_path / 'report'}"], capture_output=True, text=True)
         assert rerun in (tmp_path / "report" / "report.md").read_text()
     finally:
@@ -126,7 +131,7 @@ def test_an_editable_checkout_is_the_targets_torch_every_edit_reruns_and_an_unch
     clone = copy_workspace(tmp_path / "clone")
     clone_base = (f"--output_base={tmp_path / 'clone_output_base'}",)
     try:
-        cloned = run_selection((clone_base, base[1]), python, workspace=clone)
+        cloned = run_selection((clone_base, base[1], clone), python)
         assert status(cloned.output) == "(cached) PASSED", cloned.output
     finally:
         bazel("shutdown", startup=clone_base, workspace=clone)
@@ -141,12 +146,13 @@ def test_an_editable_checkout_is_the_targets_torch_every_edit_reruns_and_an_unch
         wrapper = pathlib.Path(base[0][0].split("=", 1)[1]) / "external/dist_python/python3"
         gone = subprocess.run([str(wrapper), "-c", "pass"], capture_output=True, text=True)
         assert gone.returncode == 3 and f"was at {torch}, and that folder is gone" in gone.stderr
-        refetch = bazel("sync", "--only=dist_python", *interpreter_flags(python), startup=base[0])
+        refetch = bazel("sync", "--only=dist_python", *interpreter_flags(python), startup=base[0],
+                        workspace=base[2])
         assert refetch.returncode != 0, refetch.output
         assert f"torch is installed from {torch.parent}, but no torch package is there any more" in refetch.output
     finally:
         moved.rename(torch.parent)
-        bazel("sync", "--only=dist_python", *interpreter_flags(python), startup=base[0])
+        bazel("sync", "--only=dist_python", *interpreter_flags(python), startup=base[0], workspace=base[2])
 
 
 def test_a_torch_in_site_packages_edited_in_place_is_not_answered_from_the_cache(base, standins):
@@ -181,7 +187,8 @@ def test_a_setup_py_develop_checkout_is_the_targets_torch_and_an_edit_is_seen(ba
 def test_an_interpreter_without_torch_stops_the_fetch_naming_it(base, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([HOST_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
-    run = bazel("build", "@dist_python//:runtime", *interpreter_flags(venv / "bin" / "python"), startup=base[0])
+    run = bazel("build", "@dist_python//:runtime", *interpreter_flags(venv / "bin" / "python"), startup=base[0],
+                workspace=base[2])
     assert run.returncode != 0
     assert f"{venv / 'bin' / 'python'} has no torch: no torch package on its sys.path" in run.output, run.output
     assert "pip install -e your PyTorch checkout" in run.output
@@ -191,7 +198,7 @@ def test_a_python_outside_3_10_to_3_13_is_refused_naming_it(base, tmp_path):
     fake = tmp_path / "python3.9"
     fake.write_text("#!/bin/sh\necho /opt/fake/bin/python3.9\necho cpython\necho 3.9\n")
     fake.chmod(0o755)
-    run = bazel("build", "@dist_python//:runtime", *interpreter_flags(fake), startup=base[0])
+    run = bazel("build", "@dist_python//:runtime", *interpreter_flags(fake), startup=base[0], workspace=base[2])
     assert run.returncode != 0
     assert "DIST_TESTS_USE_INTERPRETER_TORCH=1 runs the tests on the interpreter's own torch with CPython 3.10 to " \
            "3.13" in run.output
@@ -254,7 +261,7 @@ def test_the_harness_installs_and_loads_on_each_python_of_the_range(base, versio
     if python is None:
         pytest.skip(f"no CPython {version} on this machine (PATH or pyenv)")
     fetch = bazel("fetch", "@dist_python_cpu//:site_packages", *interpreter_flags(pathlib.Path(python)),
-                  startup=base[0])
+                  startup=base[0], workspace=base[2])
     assert fetch.returncode == 0, fetch.output
     external = pathlib.Path(base[0][0].split("=", 1)[1]) / "external" / "dist_python_cpu"
     assert f"python: {version}\n" in (external / "environment.txt").read_text()

@@ -10,6 +10,9 @@ from conftest import ROOT
 from test_remote_cache import copy_workspace
 from tools.python_env import install_lock  # noqa: E402
 
+# Its Bazel runs are in workspace copies with output bases of their own: tools/selftest runs it beside the others.
+pytestmark = pytest.mark.own_workspace
+
 INSTALL_LOCK = ROOT / "tools" / "python_env" / "install_lock.py"
 # The host's interpreter, as the package rules run it (it has pip; the environment's copy has not).
 HOST_PYTHON = shutil.which("python3")

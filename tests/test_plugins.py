@@ -21,8 +21,11 @@ import pytest
 
 from conftest import ROOT, bazel, results, shard_log
 from test_remote_cache import copy_workspace
-from test_remote_execution import start_cluster, stop_cluster
+from test_remote_execution import JOBS, start_cluster, stop_cluster
 from test_start_methods import PARITY_TESTS
+
+# Its Bazel runs are in workspace copies with output bases of their own: tools/selftest runs it beside the others.
+pytestmark = pytest.mark.own_workspace
 
 GLOO, EXAMPLE, FROM_WHEEL = "//dist_tests:gloo_2", "//dist_tests:example_2", "//dist_tests:example_from_wheel"
 # gloo_2's parity selection and a few more that use the backend by name or need its features.
@@ -126,7 +129,7 @@ def test_a_plugin_line_runs_remotely_on_the_local_cluster(workspace):
     cluster = start_cluster(cpu=2, gpu=0)
     try:
         run = bazel("test", EXAMPLE, GLOO, f"--test_filter={SELECTION}", "--nocache_test_results", *cluster.flags,
-                    workspace=workspace)
+                    *JOBS, workspace=workspace)
         assert run.returncode == 0, run.output
         check_against_gloo(outcomes(workspace, EXAMPLE), outcomes(workspace, GLOO))
         ran = {(a.target, a.pool) for a in cluster.actions()}
