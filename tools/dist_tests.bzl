@@ -23,7 +23,7 @@ DEVICES = sorted(LEAST_WORLD_SIZE.keys())
 # minutes at most. Optional fields: `name`, the target's name when BACKEND_WORLDSIZE is taken
 # (a backend on both device classes names its GPU lines); `env`, variables its ranks get
 # (a user's --test_env wins); `plugin`, for a backend shipped as its own package (see
-# dist_test_plugin_deps below and README's "Adding a backend"), for example:
+# dist_test_plugin_deps below and docs/backends.md), for example:
 #   struct(backend = "example", world_size = 2, device = "cpu", shard_count = 4, timeout = "moderate",
 #          plugin = {"module": "example_backend", "library": "//tests/plugin:example_backend",
 #                    "features": ["ddp", "subgroup"], "init_method": "tcp"}),
