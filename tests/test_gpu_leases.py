@@ -276,6 +276,7 @@ def test_gpu_targets_are_exclusive_locally_and_not_under_config_remote():
 
 
 def test_two_gpu_workers_run_two_2_gpu_actions_at_once_on_disjoint_gpus(leases):
+    """Over 2 minutes: a real cluster whose holders each keep their GPUs for a while, so that overlap shows."""
     from test_remote_execution import start_cluster, stop_cluster
 
     cluster = start_cluster(cpu=1, gpu=2)

@@ -95,6 +95,8 @@ def pycache_folders(folder: pathlib.Path) -> list[pathlib.Path]:
 
 def test_an_editable_checkout_is_the_targets_torch_every_edit_reruns_and_an_unchanged_one_is_cached(
         base, standins, tmp_path, python):
+    """Over 2 minutes: the developer's whole loop for real (a run, a cached run, an edit that fails, its revert,
+    a second clone served from the cache, the checkout moved), each a Bazel command on torch's real tree."""
     locked = python
     python, torch = standins["editable"]
     first = run_selection(base, python)

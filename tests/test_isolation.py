@@ -61,6 +61,8 @@ def test_a_run_from_a_checkout_under_tmp_writes_nothing_outside_its_own_folders(
 
 
 def test_smoke_subset_in_parallel_ten_times_has_no_failure():
+    """Over 2 minutes here because it must be: 20 real runs (two targets, ten times each, in parallel) are what
+    can show a rare collision of ports or folders between concurrent runs."""
     run = bazel(
         "test", "//dist_tests:gloo_2", "//dist_tests:gloo_3", SMOKE, "--runs_per_test=10",
         "--test_sharding_strategy=disabled", "--nocache_test_results", timeout=1800,

@@ -118,6 +118,8 @@ def check_against_gloo(example: dict, gloo: dict) -> None:
 
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_a_plugin_line_runs_the_suite_with_gloos_outcomes_where_its_features_match(workspace, method):
+    """Up to a few minutes: the plugin's line and gloo's run the same selection of the real suite, to compare every
+    outcome, under each start method (spawn costs a fresh interpreter per rank)."""
     run = bazel("test", EXAMPLE, GLOO, f"--test_filter={SELECTION}", "--nocache_test_results",
                 f"--test_env=DIST_TESTS_START_METHOD={method}", workspace=workspace)
     assert run.returncode == 0, run.output
@@ -126,6 +128,7 @@ def test_a_plugin_line_runs_the_suite_with_gloos_outcomes_where_its_features_mat
 
 
 def test_a_plugin_line_runs_remotely_on_the_local_cluster(workspace):
+    """Over 2 minutes: a real cluster, and the plugin's and gloo's selections run on it to compare outcomes."""
     cluster = start_cluster(cpu=2, gpu=0)
     try:
         run = bazel("test", EXAMPLE, GLOO, f"--test_filter={SELECTION}", "--nocache_test_results", *cluster.flags,

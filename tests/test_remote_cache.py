@@ -52,6 +52,8 @@ def processes_line(output):
 
 
 def test_second_clone_gets_every_test_action_from_the_remote_cache(tmp_path, cache):
+    """Over 2 minutes: two clones, each with a fresh output base (a Bazel server, its environments, the tests
+    once), are what a second machine sharing a cache is."""
     first = copy_workspace(tmp_path / "a" / "workspace")
     second = copy_workspace(tmp_path / "b" / "elsewhere" / "other-name")
     try:

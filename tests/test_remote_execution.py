@@ -116,6 +116,8 @@ def case_outcomes(target: str) -> list[tuple[str, str]]:
 
 
 def test_filtered_suite_runs_on_the_cpu_pool_gpu_target_on_the_gpu_pool_with_local_outcomes(cluster):
+    """Over 2 minutes: the same selection runs locally and then through the real cluster (the first upload of the
+    ~900 MB environment included), so that outcomes can be compared test by test."""
     local = bazel("test", GLOO, LONG_FILTER, *ENV, "--nocache_test_results")
     assert local.returncode == 0, local.output
     local_outcomes = case_outcomes(GLOO)
@@ -149,6 +151,8 @@ def test_filtered_suite_runs_on_the_cpu_pool_gpu_target_on_the_gpu_pool_with_loc
 
 
 def test_second_clone_gets_every_test_action_from_the_remote_action_cache(cluster, tmp_path):
+    """Over 2 minutes: the first clone runs its actions on the cluster, then a second clone with a fresh output
+    base must get every one from the action cache."""
     # Its own action keys, so that this clone runs them remotely (--nocache_test_results runs
     # are not cached, and this workspace may hold local results of the same keys).
     key = "--test_env=DIST_TESTS_REMOTE_CACHE_CHECK=1"
