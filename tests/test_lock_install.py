@@ -62,7 +62,7 @@ def test_a_gpu_lock_for_another_python_stops_the_build_naming_it(tmp_path):
         subprocess.run(["chmod", "-R", "u+w", str(tmp_path / "output_base")], check=False)
     output = run.stdout + run.stderr
     assert run.returncode != 0
-    assert "locked for CPython 3.9 (@//third_party/python:requirements_gpu_lock.txt)" in output, output
-    assert "Install CPython 3.9" in output
+    assert "locked for CPython 3.9 (//third_party/python:requirements_gpu_lock.txt)" in output, output
+    assert "Either install CPython 3.9 (apt-get install python3.9" in output
     # It stopped before installing anything.
     assert not (tmp_path / "output_base" / "external" / "dist_python_gpu" / "site-packages").exists()
