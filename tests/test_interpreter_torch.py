@@ -157,30 +157,29 @@ def test_an_editable_checkout_is_the_targets_torch_every_edit_reruns_and_an_unch
         bazel("sync", "--only=dist_python", *interpreter_flags(python), startup=base[0], workspace=base[2])
 
 
+def assert_an_edit_fails(base, python: pathlib.Path, torch: pathlib.Path) -> None:
+    """An edited all_reduce reruns the selection, which fails with the edit's error; the edit is reverted after."""
+    original = edit_all_reduce(torch)
+    try:
+        edited = run_selection(base, python, "--test_sharding_strategy=disabled")
+        assert status(edited.output) == "FAILED", edited.output
+        assert f"RuntimeError: {EDITED}" in edited.output
+    finally:
+        (torch / "distributed" / "distributed_c10d.py").write_text(original)
+
+
 def test_a_torch_in_site_packages_edited_in_place_is_not_answered_from_the_cache(base, standins):
     """The stale pass this mode once gave: the cache knew the install, not its files."""
     python, torch = standins["regular"]
     first = run_selection(base, python, "--test_sharding_strategy=disabled")
     assert status(first.output) == "PASSED", first.output
-    original = edit_all_reduce(torch)
-    try:
-        edited = run_selection(base, python, "--test_sharding_strategy=disabled")
-        assert status(edited.output) == "FAILED", edited.output
-        assert f"RuntimeError: {EDITED}" in edited.output
-    finally:
-        (torch / "distributed" / "distributed_c10d.py").write_text(original)
+    assert_an_edit_fails(base, python, torch)
     assert pycache_folders(torch) == []
 
 
 def test_a_setup_py_develop_checkout_is_the_targets_torch_and_an_edit_is_seen(base, standins):
     python, torch = standins["develop"]
-    original = edit_all_reduce(torch)
-    try:
-        edited = run_selection(base, python, "--test_sharding_strategy=disabled")
-        assert status(edited.output) == "FAILED", edited.output
-        assert f"RuntimeError: {EDITED}" in edited.output
-    finally:
-        (torch / "distributed" / "distributed_c10d.py").write_text(original)
+    assert_an_edit_fails(base, python, torch)
     reverted = run_selection(base, python, "--test_sharding_strategy=disabled")
     assert reverted.returncode == 0 and status(reverted.output) == "PASSED", reverted.output
     assert pycache_folders(torch.parent) == []
