@@ -141,12 +141,12 @@ def _cache_env(rctx):
     # moving or turning it off must not throw away a repository that is already there.
     return {"DIST_TESTS_ENV_CACHE": rctx.os.environ.get("DIST_TESTS_ENV_CACHE", "")}
 
-def _cache_key(rctx, python, lock, torch_identity, torch_wheel):
+def _cache_key(rctx, python, pip_python, lock, torch_identity, torch_wheel):
     """The environment's key and the text that explains it (environment_cache.py key)."""
 
     # Every wheel is hash-checked, but uv records where a local wheel came from (uv_cache.json),
     # so pip's sources are part of what an install makes.
-    pip_config = run(rctx, [_pip_python(rctx, python.executable), "-E", "-m", "pip", "config", "list"], "pip config list").stdout
+    pip_config = run(rctx, [pip_python, "-E", "-m", "pip", "config", "list"], "pip config list").stdout
     inputs = [
         "format=" + _ENVIRONMENT_FORMAT,
         "device=" + rctx.attr.device,
@@ -171,12 +171,11 @@ def _cache(rctx, python, verb, key):
         quiet = True,
     )
 
-def _install(rctx, python, lock, requirements, torch_wheel):
+def _install(rctx, python, pip_python, lock, requirements, torch_wheel):
     """Installs, renames and compiles the selected requirements into site-packages."""
 
     # The installer, uv, pinned by hash like the packages, installed with pip from pip's sources.
     rctx.report_progress("pip install: the installer (uv)")
-    pip_python = _pip_python(rctx, python.executable)
     _pip_install(rctx, pip_python, ["installer", "--require-hashes", "--no-deps", "--only-binary=:all:", "--requirement", str(rctx.path(rctx.attr._installer_lock))], "pip install of the installer (%s)" % rctx.attr._installer_lock)
     rctx.report_progress("uv pip install: %d locked packages for the %s targets" % (len(requirements), rctx.attr.device))
     install = rctx.execute(
@@ -220,7 +219,8 @@ def _python_packages_impl(rctx):
 
     rctx.file("locked_requirements.txt", "\n".join(options + requirements) + "\n")
 
-    key, explained = _cache_key(rctx, python, lock, torch_identity, torch_wheel)
+    pip_python = _pip_python(rctx, python.executable)
+    key, explained = _cache_key(rctx, python, pip_python, lock, torch_identity, torch_wheel)
     rctx.report_progress("Looking for the %s packages in the environment cache" % rctx.attr.device)
     restored = _cache(rctx, python, "restore", key)
     if restored.return_code == 0:
@@ -230,7 +230,7 @@ def _python_packages_impl(rctx):
         if restored.stderr:
             # A damaged entry (removed) or a cache that cannot be read: worth a line, not a failure.
             print("python_env: " + restored.stderr.strip())  # buildifier: disable=print
-        _install(rctx, python, lock, requirements, torch_wheel)
+        _install(rctx, python, pip_python, lock, requirements, torch_wheel)
         stored = _cache(rctx, python, "store", key)
         if stored.return_code != 0:
             print("python_env: " + stored.stderr.strip())  # buildifier: disable=print
