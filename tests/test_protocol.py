@@ -22,6 +22,16 @@ def test_class_dot_name_works_too():
     assert [c.name for c in all_cases(TARGET)] == ["test_broadcast"]
 
 
+def test_a_minus_word_excludes_that_test_and_it_does_not_appear():
+    run = bazel("test", TARGET, f"--test_filter={PATTERN} -test_all_reduce_sum_cuda", "--nocache_test_results")
+    assert run.returncode == 0, run.output
+    names = {c.name for c in all_cases(TARGET)}
+    assert "test_all_reduce_sum_cuda" not in names
+    # An exact name excludes that test only, not the tests it is a prefix of.
+    assert {"test_all_reduce_sum", "test_all_reduce_sum_cuda_async", "test_all_reduce_sum_cuda_complex"} <= names
+    assert all("test_all_reduce_sum" in name for name in names)
+
+
 @pytest.fixture(scope="module")
 def full_sharded_run():
     """The whole gloo_2 suite, in its four shards."""

@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 import tempfile
+import unittest
 
 from dist_tests.harness import budget, ci_lists, environment, faults, gpu_leases, plugins, selection, spawn_file
 from dist_tests.harness import settings as settings_lib
@@ -29,7 +30,8 @@ def configure() -> None:
         # PyTorch CI's disabled and slow tests: torch reads the files; a bad one stops the run here.
         for warning in ci_lists.check(os.environ, selection.SUITE_CLASS, selection.suite_names_from_source):
             print(f"dist_tests: warning: {warning}", file=sys.stderr, flush=True)
-    except settings_lib.SettingsError as error:
+        selection.check_filter(selection.filter_text(os.environ, sys.argv))  # here, before any shard or rank
+    except (settings_lib.SettingsError, selection.FilterError) as error:
         die(str(error))
     _leave_idle_filtered_shard()
     RUN.settings = settings
@@ -183,17 +185,35 @@ def main(test_class: type) -> None:
 
     test_filter = selection.filter_text(os.environ, sys.argv)
     sys.argv = sys.argv[:1] + selection.take_k_options(sys.argv[1:])[0]
+    patterns = selection.Patterns([], [])
     if test_filter:
         names, class_name = _test_names(test_class), test_class.__qualname__
         patterns = selection.exact_patterns(test_filter, names, class_name)
         RUN.selected_total = selection.count_selected(patterns, names, test_class.__module__, class_name)
         RUN.filter_text = test_filter
-        environment.select_tests(" ".join(shlex.quote(p) for p in patterns))
+        # absltest hands these to unittest's -k (none: every test); the loader below drops the excluded.
+        environment.select_tests(" ".join(shlex.quote(p) for p in patterns.include))
         if selection.runs_in_first_shard(test_filter, int(os.environ.get("TEST_TOTAL_SHARDS", "1"))):
             _run_filtered_selection_in_first_shard()
     if RUN.start_method == "forkserver" and not RUN.skip_all_reason:
         _start_forkserver(settings)  # last: every setting and list above was checked without it
-    absltest.main(testRunner=reporting.SpawnTestRunner)
+    absltest.main(testRunner=reporting.SpawnTestRunner, testLoader=_loader(patterns))
+
+
+def _loader(patterns: selection.Patterns) -> unittest.TestLoader:
+    """absltest's loader, less the tests the filter excludes: unittest's -k can only include.
+
+    absltest shards the names this returns, so every shard drops the same tests before it takes its share.
+    """
+    from absl.testing import absltest
+
+    class Loader(absltest.TestLoader):
+        def getTestCaseNames(self, testCaseClass: type) -> list[str]:
+            prefix = f"{testCaseClass.__module__}.{testCaseClass.__qualname__}."
+            return [name for name in super().getTestCaseNames(testCaseClass)
+                    if not selection.is_excluded(prefix + name, patterns)]
+
+    return Loader()
 
 
 def _run_filtered_selection_in_first_shard() -> None:

@@ -3,6 +3,7 @@
 A small filtered selection (no more tests than one shard's share of the suite) runs whole in
 shard 1: a selection whose every test skips then fails in one place instead of passing shard
 by shard, and shards 2..N end before torch loads. A larger selection is sharded as usual.
+A word `-PATTERN` excludes the tests PATTERN matches; the count is taken after exclusions.
 
 Every shard must reach the same decision, and shards 2..N make it before torch is imported,
 so the decision counts the suite's test names in torch's source (parsed, not imported).
@@ -16,6 +17,7 @@ import math
 import os
 import shlex
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 SUITE_CLASS = "TestDistBackendWithSpawn"
 _SUITE_SOURCE = ("testing", "_internal", "distributed", "distributed_test.py")
@@ -42,23 +44,54 @@ def filter_text(environ: Mapping[str, str], argv: Sequence[str]) -> str:
     return " ".join([environ.get("TESTBRIDGE_TEST_ONLY", "")] + [shlex.quote(w) for w in by_hand]).strip()
 
 
-def exact_patterns(test_filter: str, names: set[str], class_name: str) -> list[str]:
-    """Makes `test_x` (or Class.test_x) select that test only, not test_x_async too.
+class FilterError(ValueError):
+    """A --test_filter (or -k) the harness cannot use; the message says what to write instead."""
+
+
+class Patterns(NamedTuple):
+    """A filter as unittest `-k` patterns: a test runs if it matches an include (or there is none) and no exclude."""
+
+    include: list[str]
+    exclude: list[str]  # `-PATTERN` words; unittest's -k can only include, so the runner drops these itself
+
+
+def check_filter(test_filter: str) -> None:
+    """Refuses a bare '-': as an empty pattern it would match, and so exclude, every test."""
+    if "-" in shlex.split(test_filter):
+        raise FilterError(f"--test_filter={test_filter!r} has a bare '-'. Write -PATTERN to exclude the tests that "
+                          "PATTERN matches (-test_all_reduce_sum_cuda), or drop the '-'.")
+
+
+def exact_patterns(test_filter: str, names: set[str], class_name: str) -> Patterns:
+    """Makes `test_x` (or Class.test_x) select that test only, not test_x_async too; `-WORD` excludes.
 
     Other words are unittest `-k` patterns: a substring, or a glob when they contain '*'.
     """
-    patterns = []
+    check_filter(test_filter)
+    patterns = Patterns([], [])
     for word in shlex.split(test_filter):
+        excluded = word.startswith("-")
+        word = word[1:] if excluded else word
         short = word[len(class_name) + 1:] if word.startswith(class_name + ".") else word
-        patterns.append(f"*.{class_name}.{short}" if short in names else word)
+        pattern = f"*.{class_name}.{short}" if short in names else word
+        (patterns.exclude if excluded else patterns.include).append(pattern)
     return patterns
 
 
-def count_selected(patterns: list[str], names: set[str], module: str, class_name: str) -> int:
-    """How many tests unittest's `-k` matching would select with these patterns."""
-    globs = [p if "*" in p else f"*{p}*" for p in patterns]
+def _matches(test_id: str, patterns: list[str]) -> bool:
+    """unittest's `-k` matching: a glob, or a substring when there is no '*'."""
+    return any(fnmatch.fnmatchcase(test_id, p if "*" in p else f"*{p}*") for p in patterns)
+
+
+def is_excluded(test_id: str, patterns: Patterns) -> bool:
+    return _matches(test_id, patterns.exclude)
+
+
+def count_selected(patterns: Patterns, names: set[str], module: str, class_name: str) -> int:
+    """How many tests the filter selects: unittest's `-k` matching, less the excluded ones."""
     ids = [f"{module}.{class_name}.{name}" for name in names]
-    return sum(1 for test_id in ids if any(fnmatch.fnmatchcase(test_id, g) for g in globs))
+    return sum(1 for test_id in ids if (not patterns.include or _matches(test_id, patterns.include))
+               and not is_excluded(test_id, patterns))
 
 
 def suite_names_from_source() -> set[str] | None:
