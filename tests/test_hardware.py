@@ -2,10 +2,11 @@
 
 import os
 import subprocess
+import time
 
 import pytest
 
-from conftest import ROOT, all_cases, bazel, results, shard_log
+from conftest import LOCKED_PACKAGES, ROOT, all_cases, bazel, results, shard_log
 
 # The CUDA environment has NCCL and gloo: what both lack here is the GPUs.
 GPU_TARGETS = {
@@ -44,6 +45,32 @@ def test_a_gpu_targets_binary_run_by_hand_runs_as_gpu_or_says_what_to_set():
     assert as_cpu.returncode == 3
     assert ("DIST_TESTS_DEVICE=cpu, but this program holds the Python packages of device class gpu only. "
             "Unset DIST_TESTS_DEVICE (or set it to gpu)") in as_cpu.stderr
+
+
+def test_nccl_run_by_hand_with_tools_python_says_it_needs_the_gpus_within_seconds():
+    # Asked before Bazel and torch (dist_tests/harness/by_hand.py): no CPU packages, no "has no nccl backend".
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIST_TESTS", "TEST_", "BACKEND", "WORLD_SIZE"))}
+    started = time.monotonic()
+    run = subprocess.run([str(ROOT / "tools" / "python"), "dist_tests/spawn_test.py", "-k", "test_all_reduce_sum"],
+                         env={**env, "BACKEND": "nccl", "WORLD_SIZE": "2"}, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    elapsed = time.monotonic() - started
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert GPU_TARGETS["//dist_tests:nccl_2"] in run.stderr
+    assert "BACKEND=gloo" in run.stderr and "DIST_TESTS_ALLOW_SKIP=1" in run.stderr
+    assert "has no nccl backend" not in run.stdout + run.stderr
+    assert elapsed < 20, f"took {elapsed:.0f} s"
+
+
+@pytest.mark.parametrize("backend, device", [("gloo", "cpu"), ("nccl", "gpu")])
+def test_tools_python_takes_the_packages_of_backends_device_class(backend, device):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIST_TESTS", "TEST_", "BACKEND", "WORLD_SIZE"))}
+    run = subprocess.run([str(ROOT / "tools" / "python"), "-c", "import os; print(os.environ['PYTHONPATH'])"],
+                         env={**env, "BACKEND": backend, "WORLD_SIZE": "2"}, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    packages = run.stdout.strip().split(os.pathsep)[-1]
+    assert LOCKED_PACKAGES.search(packages) and f"/dist_python_{device}/" in packages, packages
 
 
 def test_a_backend_pypis_torch_lacks_says_so_and_how_to_bring_one():

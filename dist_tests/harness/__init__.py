@@ -4,7 +4,7 @@
    the repro command, free_port), standard library only;
 1. what is read before torch loads: environment (the one writer of the process environment and the
    list of every variable), cuda_driver, matrix, selection, known_failures, faults, plugins,
-   settings, ci_lists, gpu_leases;
+   settings, ci_lists, gpu_leases, by_hand (what tools/python asks before it fetches packages);
 2. the run's state and time budget: state, budget;
 3. what faces torch: spawn_file, torch_internals (the one user of torch's private test internals),
    ranks, forkserver, forkserver_proof, reruns, reporting;

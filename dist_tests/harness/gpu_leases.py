@@ -96,6 +96,28 @@ def gpu_pool(env: Mapping[str, str], shown: list[int] | None) -> tuple[list[int]
     return pool, "the GPUs this host's driver shows"
 
 
+def gpus_before_torch(env: Mapping[str, str]) -> tuple[int, str] | None:
+    """The GPUs a run's ranks could have, as the driver shows them before torch loads, and where that
+    number comes from; None when only the lease and torch can tell.
+
+    CUDA sees no more GPUs than the driver shows within CUDA_VISIBLE_DEVICES, so fewer than the
+    ranks here is what torch would find too. Stand-ins (DIST_TESTS_GPUS) lease like GPUs; a host
+    with AMD's compute device (/dev/kfd) and no NVIDIA driver may have GPUs this cannot count.
+    """
+    if env.get("DIST_TESTS_GPUS", "").strip():
+        return None
+    shown = driver_gpus()
+    if shown is None:
+        if os.path.exists("/dev/kfd"):
+            return None
+        return 0, f"no NVIDIA driver lists GPUs in {_DRIVER_GPUS}"
+    try:
+        pool, source = gpu_pool(env, shown)
+    except LeaseError:
+        return None  # the lease says what is wrong, with the run's target
+    return len(pool), source
+
+
 def _listing(gpus: list[int]) -> str:
     return "GPUs " + ",".join(map(str, gpus)) if gpus else "no GPU"
 

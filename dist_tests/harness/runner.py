@@ -122,10 +122,7 @@ def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | No
                 "--repo_env=DIST_TESTS_PYTHON=PATH --repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1 "
                 "(docs/torch.md: Using another torch)")
     if uses_gpu:
-        gpus = torch.cuda.device_count()
-        if gpus < world_size:
-            return (f"{backend} with WORLD_SIZE={world_size} needs {world_size} GPU{'s' if world_size > 1 else ''}, "
-                    f"and this host has {gpus}")
+        return settings_lib.missing_gpus(backend, world_size, torch.cuda.device_count())
     return None
 
 

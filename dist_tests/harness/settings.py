@@ -205,16 +205,42 @@ def _work_dir(env: Mapping[str, str]) -> str:
     return base
 
 
-def load(env: Mapping[str, str] = os.environ) -> Settings:
-    """Checks every setting; raises SettingsError on the first bad one."""
+def _classes() -> tuple[dict[str, str], dict[str, int]]:
+    """{backend: device class} and {device class: fewest ranks}, from the matrix's table."""
     try:
-        backends = matrix.device_of_backends()
-        devices = matrix.least_world_size()
+        return matrix.device_of_backends(), matrix.least_world_size()
     except matrix.MatrixError as error:
         raise SettingsError(str(error)) from None
+
+
+def device_class(env: Mapping[str, str] = os.environ) -> str:
+    """The device class of a run, as load() resolves it: DIST_TESTS_DEVICE, else BACKEND's (the matrix's rule).
+
+    tools/python asks it (by_hand.py) to choose the package set a command runs with.
+    """
+    backends, devices = _classes()
+    return _device(env, _backend(env, backends), backends, devices)
+
+
+def cell(env: Mapping[str, str] = os.environ) -> tuple[str, str, int]:
+    """(backend, device class, world size), checked as load() checks them: what decides the packages and GPUs."""
+    backends, devices = _classes()
     backend = _backend(env, backends)
     device = _device(env, backend, backends, devices)
-    world_size = _world_size(env, device, devices)
+    return backend, device, _world_size(env, device, devices)
+
+
+def missing_gpus(backend: str, world_size: int, gpus: int) -> str | None:
+    """Why a GPU run of world_size ranks cannot run with `gpus` GPUs (each rank needs its own), or None."""
+    if gpus >= world_size:
+        return None
+    return (f"{backend} with WORLD_SIZE={world_size} needs {world_size} GPU{'s' if world_size > 1 else ''}, "
+            f"and this host has {gpus}")
+
+
+def load(env: Mapping[str, str] = os.environ) -> Settings:
+    """Checks every setting; raises SettingsError on the first bad one."""
+    backend, device, world_size = cell(env)
     _shards(env)
     given = env.get("DIST_TESTS_START_METHOD", "")
     start_method = given or DEFAULT_START_METHOD
