@@ -1,6 +1,8 @@
-"""GPU targets on a host without the GPUs or the backend: fail fast, or skip when asked."""
+"""GPU targets on a host without the GPUs or the backend: fail fast, or skip when asked. An NVIDIA driver
+too old for the torch's CUDA, or one whose version cannot be read: fail before any rank."""
 
 import os
+import re
 import subprocess
 import time
 
@@ -106,3 +108,68 @@ def test_gloo_targets_hide_gpus_from_their_ranks(python):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIST_TESTS")}
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert "VISIBLE=''" in out.stdout, out.stderr
+
+
+# --- the NVIDIA driver: the oldest each CUDA runs on (third_party/python/cuda_drivers.txt) ---------
+
+def test_every_cuda_of_the_gpu_lock_has_a_minimum_driver_and_the_docs_name_it():
+    from dist_tests.harness import cuda_driver
+
+    lock = (ROOT / "third_party" / "python" / "requirements_gpu_lock.txt").read_text()
+    cudas = {int(major) for major in re.findall(r"^nvidia-[a-z-]+-cu(\d+)===", lock, re.MULTILINE)}
+    minimums = cuda_driver.driver_minimums()
+    assert cudas and cudas <= set(minimums), f"CUDA majors of the gpu lock: {cudas}; minimums for: {set(minimums)}"
+    docs = (ROOT / "docs" / "gpus.md").read_text()
+    assert all(f"r{minimums[major].split('.')[0]}" in docs for major in cudas)
+
+
+def test_an_old_driver_fails_each_shard_before_torch_loads_naming_both_and_what_to_do():
+    target = "//dist_tests:nccl_1"
+    run = bazel("test", target, "--nocache_test_results", "--test_env=DIST_TESTS_DRIVER_VERSION=535.104.05")
+    assert run.returncode != 0
+    attempts = results(target).final_attempts()
+    assert len(attempts) == 2
+    for attempt in attempts:
+        log = attempt.log.read_text()
+        assert ("the NVIDIA driver here is 535.104.05 (DIST_TESTS_DRIVER_VERSION, a stand-in), and torch 2.13.0"
+                in log), log[-2000:]
+        assert "is built with CUDA 13.0, which needs driver 580 or newer" in log
+        assert "Install an NVIDIA driver of branch r580 or newer" in log and "--test_tag_filters=-gpu" in log
+        assert "No rank was started" in log and "Started process" not in log
+        assert "cannot run:" not in log, "the driver is checked before torch loads and counts the GPUs"
+        assert attempt.seconds < 30, f"shard {attempt.shard} took {attempt.seconds:.0f} s"
+
+
+def configure_gpu_run(python, env: dict[str, str], before: str = "") -> subprocess.CompletedProcess:
+    """runner.configure() of nccl_1 by hand on the gpu packages (torch 2.13.0 built with CUDA 13.0)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DIST_TESTS", "TEST_", "BACKEND", "WORLD_SIZE"))}
+    code = (f"import sys; sys.argv = ['x']; sys.path.insert(0, '.'); {before}\n"
+            "from dist_tests.harness import runner; runner.configure(); print('torch loaded:', 'torch' in sys.modules)")
+    return subprocess.run([python, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**clean, "BACKEND": "nccl", "WORLD_SIZE": "1", "DIST_TESTS_DEVICE": "gpu", **env})
+
+
+def test_a_driver_new_enough_passes_the_check_without_loading_torch(python):
+    run = configure_gpu_run(python, {"DIST_TESTS_DRIVER_VERSION": "580.65.06"})
+    assert run.returncode == 0, run.stderr
+    assert "torch loaded: False" in run.stdout
+
+
+@pytest.mark.parametrize("record, standin, message", [
+    (None, "r580-beta", "DIST_TESTS_DRIVER_VERSION='r580-beta' is not an NVIDIA driver version: give it as "
+                        "nvidia-smi prints it, for example 580.65.06."),
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  (unknown build)\n", None,
+     "says 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  (unknown build)', which names no version such as "
+     "580.65.06. State it with --test_env=DIST_TESTS_DRIVER_VERSION=VERSION"),
+])
+def test_a_driver_version_that_cannot_be_read_stops_the_run_before_any_rank(python, tmp_path, record, standin,
+                                                                             message):
+    before = ""
+    if record is not None:  # the driver's own record, as /proc/driver/nvidia/version would hold it
+        path = tmp_path / "version"
+        path.write_text(record)
+        before = f"from dist_tests.harness import cuda_driver; cuda_driver.DRIVER_VERSION_FILE = {str(path)!r}"
+    run = configure_gpu_run(python, {"DIST_TESTS_DRIVER_VERSION": standin} if standin else {}, before)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "dist_tests: error: //dist_tests:nccl_1: " in run.stderr and message in run.stderr, run.stderr
+    assert "No rank was started." in run.stderr and "torch loaded" not in run.stdout

@@ -77,6 +77,70 @@ def test_tag_filter_excludes_gpu_targets():
     assert found == {"gloo_gpu_1", "gloo_gpu_2", "gloo_gpu_4", "nccl_1", "nccl_2", "nccl_4", "ucc_2"}
 
 
+# --- //dist_tests:host: the targets this host can run, chosen when Bazel loads (tools/gpu/host.bzl) ---
+
+def host_suite(*flags: str) -> tuple[int, set[str], str]:
+    """`bazel query` of the host suite's tests with flags (--repo_env=...): exit code, target names, output."""
+    run = bazel("query", *flags, "tests(//dist_tests:host)")
+    found = {line.split(":")[1] for line in run.output.splitlines() if line.startswith("//dist_tests:")}
+    return run.returncode, found, run.output
+
+
+def runs_on(gpus: int, ucc: bool = False) -> set[str]:
+    """The matrix's targets a host of that many GPUs can run: every CPU one, GPU ones of at most that many ranks."""
+    return {name for name, (backend, world_size, gpu) in EXPECTED.items()
+            if (not gpu or world_size <= gpus) and (ucc or backend != "ucc")}
+
+
+def test_host_suite_here_holds_what_this_hosts_gpus_can_run():
+    # This host's GPUs as the harness counts them: on a host without the NVIDIA driver, none, so the CPU targets.
+    from dist_tests.harness import gpu_leases
+
+    code, found, output = host_suite()
+    assert code == 0, output
+    assert found == runs_on(len(gpu_leases.driver_gpus() or []))
+    assert {"gloo_2", "gloo_3", "gloo_4"} <= found and "ucc_2" not in found
+
+
+@pytest.mark.parametrize("gpus, gpu_targets", [
+    (1, {"gloo_gpu_1", "nccl_1"}),
+    (2, {"gloo_gpu_1", "nccl_1", "gloo_gpu_2", "nccl_2"}),
+    (4, {"gloo_gpu_1", "nccl_1", "gloo_gpu_2", "nccl_2", "gloo_gpu_4", "nccl_4"}),
+])
+def test_host_suite_on_stand_in_gpus_holds_the_gpu_targets_of_at_most_that_many_ranks_and_never_ucc(gpus, gpu_targets):
+    code, found, output = host_suite(f"--repo_env=DIST_TESTS_HOST_GPUS={gpus}")
+    assert code == 0, output
+    assert found == {"gloo_2", "gloo_3", "gloo_4"} | gpu_targets == runs_on(gpus)
+
+
+def test_host_suite_holds_ucc_when_told_the_torch_has_it():
+    code, found, output = host_suite("--repo_env=DIST_TESTS_HOST_GPUS=2", "--repo_env=DIST_TESTS_TORCH_HAS_UCC=1")
+    assert code == 0, output
+    assert found == runs_on(2, ucc=True) and "ucc_2" in found
+
+
+def test_host_suite_counts_the_gpus_a_run_would_lease():
+    # DIST_TESTS_GPUS, as the harness takes it: on a host without the driver, stand-ins taken as given.
+    from dist_tests.harness import gpu_leases
+
+    if gpu_leases.driver_gpus() is not None:
+        pytest.skip("this host's driver shows GPUs: DIST_TESTS_GPUS must name some of them")
+    code, found, output = host_suite("--repo_env=DIST_TESTS_GPUS=4,5")
+    assert code == 0, output
+    assert found == runs_on(2)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("DIST_TESTS_HOST_GPUS=two", "DIST_TESTS_HOST_GPUS='two' is not a number of GPUs: give a count"),
+    ("DIST_TESTS_TORCH_HAS_UCC=yes", "DIST_TESTS_TORCH_HAS_UCC='yes': use 1"),
+    ("DIST_TESTS_GPUS=all", "DIST_TESTS_GPUS='all' is not a list of GPU indices"),
+])
+def test_host_suite_refuses_a_bad_setting_saying_what_to_give(setting, message):
+    code, _, output = host_suite(f"--repo_env={setting}")
+    assert code != 0
+    assert f"//dist_tests:host: {message}" in output
+
+
 UCC_SETTINGS = {"UCX_TLS": "tcp,cuda", "UCC_TLS": "nccl,ucp,cuda", "UCC_TL_UCP_TUNE": "cuda:0",
                 "UCC_EC_CUDA_USE_COOPERATIVE_LAUNCH": "n"}
 

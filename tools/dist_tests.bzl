@@ -9,6 +9,7 @@ stay literal `struct(...)` calls.
 """
 
 load("@dist_tests_gpu_scheduling//:scheduling.bzl", "GPU_EXCLUSIVE")
+load("@dist_tests_host//:host.bzl", "HOST")
 load("@rules_python//python:defs.bzl", "py_test")
 
 # The device classes a line can name ("gpu" ranks each need a GPU of their own), with the fewest
@@ -167,8 +168,27 @@ def dist_test_env(backend, world_size, device):
         env["DIST_TESTS_CPUS"] = str(world_size)
     return env
 
+def dist_test_runs_here(cell, host = HOST):
+    """Whether this host can run a matrix line, which makes it a test of the `host` suite.
+
+    Every CPU line; a GPU line whose ranks each get a GPU of this host's (WORLD_SIZE at most its
+    GPU count); no line of a backend the tests' torch lacks (ucc, unless
+    --repo_env=DIST_TESTS_TORCH_HAS_UCC=1). A GPU line stays in on a driver too old for its torch:
+    it fails before its first rank saying so, where leaving it out would hide that.
+
+    Args:
+      cell: a line of DIST_TEST_MATRIX.
+      host: this host, as @dist_tests_host asked it (tools/gpu/host.bzl).
+
+    Returns:
+      True or False.
+    """
+    if cell.backend in host.missing_backends:
+        return False
+    return cell.device != "gpu" or cell.world_size <= host.gpus
+
 def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
-    """Declares one py_test per matrix line, and test_suites per backend, for cpu, gpu and all.
+    """Declares one py_test per matrix line, and test_suites per backend, for cpu, gpu, all and this host.
 
     Args:
       name: the name of the suite of every target.
@@ -220,3 +240,8 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
     for device in DEVICES:
         native.test_suite(name = device, tags = [device])
     native.test_suite(name = name, tests = [":" + device for device in DEVICES])
+
+    # The targets this host can run, chosen when Bazel loads this (tools/gpu/host.bzl). An empty
+    # `tests` would mean every test of the package: with none here, a tag no target has selects none.
+    here = [":" + dist_test_name(cell) for cell in matrix if dist_test_runs_here(cell)]
+    native.test_suite(name = "host", tests = here, tags = [] if here else ["dist_tests_none_runs_here"])

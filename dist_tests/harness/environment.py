@@ -15,6 +15,7 @@ Read (set by Bazel, a target, or the user):
   DIST_TESTS_KNOWN_FAILURES, DIST_TESTS_FAULT, DIST_TESTS_RERUNS, DIST_TESTS_MAX_WORLD_SIZE,
   DIST_TESTS_TIMING                           the harness's own settings (docs/settings.md)
   DIST_TESTS_GPUS, DIST_TESTS_GPU_LOCK_DIR      GPU leases (gpu_leases.py)
+  DIST_TESTS_DRIVER_VERSION                   a stand-in for the NVIDIA driver's version (cuda_driver.py)
   DIST_TESTS_TORCH_FLAGS                      the --repo_env flags that chose the torch (set by the
                                               interpreter's wrapper), for repro lines
   DISABLED_TESTS_FILE, SLOW_TESTS_FILE, PYTORCH_TEST_WITH_DEV_DBG_ASAN

@@ -13,6 +13,7 @@ import unittest
 
 from dist_tests.harness import budget, ci_lists, environment, faults, gpu_leases, plugins, selection, spawn_file
 from dist_tests.harness import settings as settings_lib
+from dist_tests.harness.cuda_driver import DriverError, check_driver
 from dist_tests.harness.state import RUN, time_hint
 
 _KNOWN_FAILURES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "known_failures")
@@ -56,6 +57,7 @@ def configure() -> None:
         print(f"dist_tests: {settings.target} runs with its matrix line's settings: {given}", file=sys.stderr,
               flush=True)
     if settings.uses_gpu:
+        _check_driver(settings)
         _lease_gpus(settings)
     if os.environ.get("DIST_TESTS_FAULT"):
         try:
@@ -74,6 +76,18 @@ def prepare_plugin() -> None:
         plugins.prepare(plugin)
     except plugins.PluginError as error:
         die(f"{error}\n  No rank was started.")
+
+
+def _check_driver(settings: settings_lib.Settings) -> None:
+    """Fails the run before any rank, and before it waits for GPUs, when the NVIDIA driver is older than
+    this torch's CUDA needs or its version cannot be read (cuda_driver.py). DIST_TESTS_ALLOW_SKIP does
+    not skip it: the host has a driver, and one its GPU targets cannot use."""
+    try:
+        warning = check_driver(os.environ)
+    except DriverError as error:
+        die(f"{settings.target}: {error}.\n  No rank was started.")
+    if warning:
+        print(f"dist_tests: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _lease_gpus(settings: settings_lib.Settings) -> None:
