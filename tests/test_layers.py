@@ -11,12 +11,13 @@ HARNESS = pathlib.Path(__file__).resolve().parent.parent / "dist_tests" / "harne
 ORDER = [
     # What the harness shares with tools/ (words, the repro command, free_port), then what is read
     # before torch loads: the environment, the matrix, settings, lists, leases, faults.
-    "shared", "environment", "cuda_driver", "matrix", "selection", "known_failures", "faults", "plugins", "settings",
-    "ci_lists", "gpu_leases", "by_hand",
+    "shared", "environment", "cuda_driver", "matrix", "selection", "known_failures", "faults", "flight_records",
+    "plugins", "settings", "ci_lists", "gpu_leases", "by_hand",
     # The run's state and its time budget.
     "state", "budget",
-    # What faces torch: its private internals, the spawn-file settings, ranks, the forkserver, reruns, reporting.
-    "spawn_file", "torch_internals", "ranks", "forkserver", "forkserver_proof", "reruns", "reporting",
+    # What faces torch: its private internals, the spawn-file settings, what ranks are asked when a test fails
+    # (their records and stacks), ranks, the forkserver, reruns, reporting.
+    "spawn_file", "torch_internals", "rank_reports", "ranks", "forkserver", "forkserver_proof", "reruns", "reporting",
     # The suite's harness and the runner on top.
     "suite", "runner", "plugin_preload",
 ]

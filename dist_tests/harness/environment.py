@@ -13,7 +13,8 @@ Read (set by Bazel, a target, or the user):
                                               sharding, the XML, outputs, --test_filter
   DIST_TESTS_ALLOW_SKIP, DIST_TESTS_START_METHOD, DIST_TESTS_CPUS, DIST_TESTS_PER_TEST_TIMEOUT,
   DIST_TESTS_KNOWN_FAILURES, DIST_TESTS_FAULT, DIST_TESTS_RERUNS, DIST_TESTS_MAX_WORLD_SIZE,
-  DIST_TESTS_TIMING                           the harness's own settings (docs/settings.md)
+  DIST_TESTS_TIMING, DIST_TESTS_FLIGHT_RECORDER
+                                              the harness's own settings (docs/settings.md)
   DIST_TESTS_GPUS, DIST_TESTS_GPU_LOCK_DIR      GPU leases (gpu_leases.py)
   DIST_TESTS_DRIVER_VERSION                   a stand-in for the NVIDIA driver's version (cuda_driver.py)
   DIST_TESTS_TORCH_FLAGS                      the --repo_env flags that chose the torch (set by the
@@ -28,7 +29,8 @@ Written:
   by prepare_for_torch(), in the parent before torch loads:
     TMPDIR (the run's folder), PYTORCH_NVML_BASED_CUDA_CHECK=1 (the forkserver's import asks
     NVML, not the CUDA driver), the line's `env` (a user's value wins), OMP_NUM_THREADS (each
-    rank's share, a user's value wins), PYTORCH_PRINT_REPRO_ON_FAILURE=0, CUDA_VISIBLE_DEVICES
+    rank's share, a user's value wins), torch's flight recorder's buffer size (flight_records.py,
+    a user's value wins), PYTORCH_PRINT_REPRO_ON_FAILURE=0, CUDA_VISIBLE_DEVICES
     and HIP_VISIBLE_DEVICES empty on CPU lines, DIST_TESTS_DEVICE (the resolved class, for ranks),
     DIST_TESTS_CONFIGURED=1 (ranks skip the configuration)
   by show_gpus(): CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER, the leased GPUs
@@ -53,8 +55,10 @@ FORKSERVER_PRELOAD = "DIST_TESTS_FORKSERVER_PRELOAD"
 
 
 def prepare_for_torch(tmp: str, line_env: Mapping[str, str], rank_threads: int, device: str,
-                      nvml_cuda_check: bool) -> None:
+                      nvml_cuda_check: bool, recorder_env: Mapping[str, str] | None = None) -> None:
     """The parent's environment for torch, its ranks and the forkserver; see the module docstring."""
+    for name, value in (recorder_env or {}).items():
+        os.environ.setdefault(name, value)
     os.environ["DIST_TESTS_DEVICE"] = device
     os.environ["TMPDIR"] = tmp
     if nvml_cuda_check:

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dist_tests.harness import environment, faults
+from dist_tests.harness import environment, faults, rank_reports
 from dist_tests.harness.environment import ATTEMPT
 
 
@@ -35,14 +35,17 @@ def _redirect_output(log_path: str) -> None:
 
 
 def run_rank(target: Callable[..., None], environ: Mapping[str, str], log_path: str | None, forked: bool, args: tuple,
-             kwargs: dict) -> None:
+             kwargs: dict, line: rank_reports.RankLine | None = None) -> None:
     """The entry of every rank process: sets it up, then calls torch's `_run` (`target`).
 
-    `forked` says the rank came from the forkserver rather than a fresh interpreter.
+    `forked` says the rank came from the forkserver rather than a fresh interpreter; `line`
+    is how the parent asks it for its stacks and flight recorder dump (rank_reports.py).
     """
     environment.become_rank(environ)
     if log_path:
         _redirect_output(log_path)
+    if line:
+        rank_reports.serve(line)
     try:
         if forked:
             from dist_tests.harness import torch_internals  # torch is loaded in a forked rank
@@ -50,10 +53,25 @@ def run_rank(target: Callable[..., None], environ: Mapping[str, str], log_path: 
             torch_internals.prepare_forked_rank(args)
             _use_thread_share()
             _skip_inherited_exit_finalizers()
-        _run_target(target, args, kwargs)
+        try:
+            _run_target(target, args, kwargs)
+        except SystemExit as end:
+            if line and line.dump_path and end.code not in (0, None):
+                _dump_on_error(line.dump_path, end.code)
+            raise
     finally:
         if forked:
             _end_like_a_spawned_process()
+
+
+def _dump_on_error(path: str, code: Any) -> None:
+    """A rank whose test raised keeps its own record: it is gone before the parent could ask for it."""
+    from torch.testing._internal.common_distributed import MultiProcessTestCase
+
+    if code == MultiProcessTestCase.TEST_ERROR_EXIT_CODE:
+        why = rank_reports.dump_record(path)
+        if why:
+            print(f"dist_tests: this rank's flight recorder dump was not kept: {why}", file=sys.stderr, flush=True)
 
 
 def _use_thread_share() -> None:

@@ -50,7 +50,8 @@ def configure() -> None:
     # The server imports torch's test internals, which ask whether CUDA is available: through NVML,
     # that question does not initialise the CUDA driver, so its forked ranks can use CUDA.
     environment.prepare_for_torch(tmp, settings.line_env, settings.rank_threads, settings.device,
-                                  nvml_cuda_check=settings.start_method == "forkserver")
+                                  nvml_cuda_check=settings.start_method == "forkserver",
+                                  recorder_env=settings.recorder_env)
     if settings.line_env:
         given = " ".join(f"{name}={os.environ[name]}" + ("" if os.environ[name] == value else " (given)")
                          for name, value in sorted(settings.line_env.items()))

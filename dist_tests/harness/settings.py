@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import NoReturn
 
-from dist_tests.harness import matrix, plugins
+from dist_tests.harness import flight_records, matrix, plugins
 
 START_METHODS = ("forkserver", "spawn")
 
@@ -69,6 +69,8 @@ class Settings:
     line_env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the matrix line's `env`
     reruns: int = 0  # times a failing test is rerun in fresh ranks (DIST_TESTS_RERUNS)
     plugin: plugins.Plugin | None = None  # a backend shipped as its own package (its line's `plugin`)
+    # The variables that turn torch's flight recorder on in the ranks ({}: the user set them); None: off.
+    recorder_env: Mapping[str, str] | None = None
 
     @property
     def uses_gpu(self) -> bool:
@@ -262,6 +264,10 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
     timeout = _positive_int(env, "TEST_TIMEOUT")
     per_test = _positive_int(env, "DIST_TESTS_PER_TEST_TIMEOUT")
     outputs = env.get("TEST_UNDECLARED_OUTPUTS_DIR") or None
+    try:
+        recorder_env = flight_records.recorder_environment(env)
+    except flight_records.RecorderSettingError as error:
+        raise SettingsError(str(error)) from None
     return Settings(
         backend=backend,
         world_size=world_size,
@@ -280,5 +286,6 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         line_env=line.get("env", {}),
         reruns=_reruns(env),
         plugin=plugin,
+        recorder_env=recorder_env,
     )
 

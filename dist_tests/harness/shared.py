@@ -17,6 +17,8 @@ FALLBACK_PREFIX = "spawn (fell back from the forkserver"
 # The test.xml property that holds the --repo_env flags which chose the run's interpreter or torch
 # (the interpreter's wrapper passes them in DIST_TESTS_TORCH_FLAGS); absent with the locked torch.
 TORCH_FLAGS_PROPERTY = "dist_tests_torch_flags"
+# The line that says where every rank of a hung or failed test is (flight_records.py); the report shows it.
+FLIGHT_RECORDER_PREFIX = "flight recorder:"
 
 
 def repro_command(label: str, test_name: str, torch_flags: str = "") -> str:

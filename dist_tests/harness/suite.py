@@ -18,7 +18,7 @@ import torch.multiprocessing
 from torch.testing._internal import common_distributed
 from torch.testing._internal.common_distributed import MultiProcessTestCase
 
-from dist_tests.harness import environment, ranks, reruns, shared
+from dist_tests.harness import environment, flight_records, rank_reports, ranks, reruns, shared
 from dist_tests.harness.budget import NotRunForTime, time_too_short_message, timeout_cut_note
 from dist_tests.harness.environment import ATTEMPT
 from dist_tests.harness.shared import KNOWN_FAILURE_PREFIX
@@ -27,6 +27,8 @@ from dist_tests.harness.torch_internals import BAD_FORK_EXIT_CODE
 
 _LOG_TAIL_LINES = 40
 _POLL_S = 0.02
+# Stack paths are shown from here on (flight_records.shorten_paths): under Bazel, the runfiles' workspace.
+_WORKSPACE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _tail(path: str) -> str:
@@ -45,6 +47,8 @@ class SpawnHarness:
     pid_to_pipe: dict
     _dist_cause: str | None = None
     _dist_abnormal: bool = False
+    _dist_lines: dict  # rank -> (the parent's end of its pipe, its stacks file, its dump file or None)
+    _dist_dump_folder: str | None = None
 
     def run(self, result: Any = None) -> Any:
         """unittest's run, repeated in fresh ranks while the test fails, up to DIST_TESTS_RERUNS more times."""
@@ -85,33 +89,55 @@ class SpawnHarness:
         attempt = int(os.environ.get(ATTEMPT, "1"))
         suffix = f".attempt{attempt}" if attempt > 1 else ""
 
+        # Each rank answers on a pipe of its own for its stacks and flight recorder dump (rank_reports.py).
+        self._close_rank_lines()
+        self._dist_dump_folder = self._dump_folder(attempt)
+        stacks_dir = os.path.join(self._work_dir(), "rank_stacks", self._testMethodName)  # type: ignore[attr-defined]
+        os.makedirs(stacks_dir, exist_ok=True)
+        child_ends = []
+
         def start_rank(target: Any, name: str, args: tuple, kwargs: dict) -> Any:
-            log_path = os.path.join(log_dir, f"rank{args[0]}{suffix}.log") if log_dir else None
+            rank = args[0]
+            log_path = os.path.join(log_dir, f"rank{rank}{suffix}.log") if log_dir else None
             forked = method == "forkserver"
+            parent_end, child_end = context.Pipe()
+            child_ends.append(child_end)
+            stacks = os.path.join(stacks_dir, f"rank{rank}{suffix}")
+            dump = flight_records.rank_file(self._dist_dump_folder, rank) if self._dist_dump_folder else None
+            self._dist_lines[rank] = (parent_end, stacks, dump)
+            line = rank_reports.RankLine(child_end, stacks, dump)
             return context.Process(target=ranks.run_rank, name=name,
-                                   args=(target, dict(os.environ), log_path, forked, args, kwargs))
+                                   args=(target, dict(os.environ), log_path, forked, args, kwargs, line))
 
-        self._start_processes(start_rank)  # type: ignore[attr-defined]
+        try:
+            self._start_processes(start_rank)  # type: ignore[attr-defined]
+        finally:
+            for end in child_ends:  # the ranks hold theirs: a rank's death then closes the parent's end
+                end.close()
 
-    def _collect_tracebacks(self) -> dict[int, str]:
-        """Asks every live rank for its Python stacks (torch's GET_TRACEBACK event)."""
-        asked = []
+    def _work_dir(self) -> str:
+        return RUN.settings.work_dir if RUN.settings else os.environ.get("TMPDIR", "/tmp")
+
+    def _dump_folder(self, attempt: int) -> str | None:
+        """Where this test's ranks write their flight recorder dumps: the outputs (kept), else the work dir."""
+        if not (RUN.settings and RUN.settings.recorder_env is not None):
+            return None
+        base = RUN.settings.outputs_dir or self._work_dir()
+        return flight_records.dump_folder(base, self._testMethodName, attempt)  # type: ignore[attr-defined]
+
+    def _close_rank_lines(self) -> None:
+        for parent_end, _, _ in getattr(self, "_dist_lines", {}).values():
+            parent_end.close()
+        self._dist_lines = {}
+
+    def _ask_ranks(self) -> dict[int, rank_reports.Answer]:
+        """Asks every live rank for its stacks and its flight recorder dump (rank_reports.ask)."""
+        live = {}
         for rank, process in enumerate(self.processes):
-            if process.exitcode is None:
-                pipe = self.pid_to_pipe[process.pid]
-                try:
-                    pipe.send(MultiProcessTestCase.Event.GET_TRACEBACK)
-                    asked.append((rank, pipe))
-                except (ConnectionError, OSError):
-                    pass
-        stacks = {}
-        for rank, pipe in asked:
-            try:
-                if pipe.poll(5):
-                    stacks[rank] = pipe.recv()
-            except (ConnectionError, OSError, EOFError):
-                pass
-        return stacks
+            if process.exitcode is None and rank in self._dist_lines:
+                conn, stacks, dump = self._dist_lines[rank]
+                live[rank] = rank_reports.Asked(process.pid, conn, stacks, dump)
+        return rank_reports.ask(live)
 
     def _stop_ranks(self) -> None:
         for process in self.processes:
@@ -144,6 +170,7 @@ class SpawnHarness:
         finally:
             for pipe in self.pid_to_pipe.values():
                 pipe.close()
+            self._close_rank_lines()
 
     def _wait_for_ranks(self) -> tuple[float, int | None]:
         """Waits until every rank ended, or ends them all at the first error, signal or timeout.
@@ -180,12 +207,64 @@ class SpawnHarness:
             time.sleep(_POLL_S)
 
     def _end_with(self, cause: str) -> None:
-        stacks = self._collect_tracebacks()
+        """Before the ranks are stopped: each live one's stacks and record; then the diagnosis on top."""
+        answers = self._ask_ranks()
         self._stop_ranks()
-        text = [cause]
-        for rank, stack in sorted(stacks.items()):
-            text.append(f"--- rank {rank} was at:\n{stack}")
-        self._dist_cause = "\n".join(text)
+        text = [self._records_diagnosis(answers), cause, self._records_note()]
+        stacks = []
+        for rank in sorted(answers):
+            answer = answers[rank]
+            if answer.stacks is not None:
+                how = " (by signal: it did not answer on its pipe, as when it holds the GIL)" \
+                    if answer.stacks_by_signal else ""
+                stacks.append(f"--- rank {rank} was at{how}:\n{answer.stacks}")
+            else:
+                stacks.append(f"--- rank {rank} answered neither the request for its stacks nor the signal "
+                              f"({rank_reports.STACKS_SIGNAL.name}, faulthandler)")
+        if stacks:
+            text.append(flight_records.shorten_paths("\n".join(stacks), _WORKSPACE))
+        self._dist_cause = "\n".join(t for t in text if t)
+
+    def _records_diagnosis(self, answers: dict[int, rank_reports.Answer]) -> str:
+        """The flight recorder's line: where each rank is, from the dumps the ranks wrote (flight_records.py)."""
+        folder = self._dist_dump_folder
+        if folder is None:
+            return ""
+        world_size = len(self.processes)
+        dumps, unread = flight_records.read_rank_files(folder, world_size)
+        missing = {}
+        for rank, process in enumerate(self.processes):
+            if rank in dumps:
+                continue
+            answer = answers.get(rank)
+            if rank in unread:
+                missing[rank] = unread[rank]
+            elif answer is None:
+                code = process.exitcode
+                missing[rank] = (f"it was killed by {ranks.signal_name(code)}" if code is not None and code < 0
+                                 else f"it had ended, exit code {code}")
+            elif answer.dump_error:
+                missing[rank] = f"its dump was not kept: {answer.dump_error}"
+            elif answer.died:
+                missing[rank] = "it died while dumping it"
+            else:
+                missing[rank] = f"it did not answer in {rank_reports.ANSWER_WAIT_S:.0f} s"
+        return flight_records.diagnose(dumps, world_size, missing)
+
+    def _records_note(self) -> str:
+        """Where the dumps are and how to read them with torch's analyzer."""
+        folder = self._dist_dump_folder
+        if folder is None:
+            return ("(torch's flight recorder was off: DIST_TESTS_FLIGHT_RECORDER=0, or a buffer size of 0 "
+                    "given in TORCH_FR_BUFFER_SIZE)")
+        if not os.path.isdir(folder) or not any(n.startswith("rank") for n in os.listdir(folder)):
+            return "flight recorder dumps: none was kept"
+        outputs = RUN.settings.outputs_dir if RUN.settings else None
+        if outputs and folder.startswith(outputs):
+            shown = "test.outputs/" + os.path.relpath(folder, outputs)
+            return (f"flight recorder dumps kept in {shown}/ (outputs.zip); to read them with torch's analyzer, "
+                    f"unzip it and run: {flight_records.analyzer_command(os.path.relpath(folder, outputs))}")
+        return f"flight recorder dumps in {folder} (removed when the run ends)"
 
     def _check_return_codes(self, fn: Any, elapsed: float) -> None:
         name = self._testMethodName  # type: ignore[attr-defined]
@@ -200,6 +279,8 @@ class SpawnHarness:
         except Exception as error:
             # Excused only as listed: an exception, not a timeout or a rank dead by a signal.
             if reason is not None and not self._dist_abnormal:
+                if self._dist_dump_folder and RUN.settings and RUN.settings.outputs_dir:
+                    shutil.rmtree(self._dist_dump_folder, ignore_errors=True)  # kept only for failures
                 raise unittest.SkipTest(f"{KNOWN_FAILURE_PREFIX} ({RUN.known.source}): {reason}") from None
             # The cause the join loop saw (a signal, a timeout) first, then torch's message.
             details = [self._dist_cause or ""]
@@ -233,6 +314,8 @@ class SpawnHarness:
         super().tearDown()  # type: ignore[misc]
         if RUN.settings and RUN.settings.outputs_dir:
             shutil.rmtree(self._log_dir(), ignore_errors=True)
+        shutil.rmtree(os.path.join(self._work_dir(), "rank_stacks", self._testMethodName),  # type: ignore[attr-defined]
+                      ignore_errors=True)
 
 
 class StandaloneSpawnCase(SpawnHarness, MultiProcessTestCase):
