@@ -175,3 +175,23 @@ def test_html_renders_in_a_headless_browser(python, synthetic_events, tmp_path):
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1100,900", url],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_a_hung_tests_flight_recorder_line_is_shown_beside_its_cause():
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from tools.results import report
+
+    diagnosis = ("flight recorder: ranks 0 and 1 are in collective 3 (gloo:broadcast, 1 tensor of 4 floats) of the "
+                 "default group; rank 2 never reached it (its last collective is 2, gloo:all_reduce)")
+    message = f"{diagnosis}\ntimed out after 10 s (ranks still running: 0, 1, 2)\n--- rank 0 was at:\n..."
+    result = report.TargetResult("gloo_3", "gloo", 3, "cpu", status="failed", shards=1,
+                                 failures=[report.Failure("test_broadcast", message),
+                                           report.Failure("test_other", "rank 1 was killed by SIGKILL")])
+    md = report.markdown([result], None)
+    assert (f"- `//dist_tests:gloo_3` `test_broadcast`: timed out after 10 s (ranks still running: 0, 1, 2)  \n"
+            f"  {diagnosis}  \n  `tools/bazel test //dist_tests:gloo_3 --test_filter=test_broadcast`") in md
+    assert "- `//dist_tests:gloo_3` `test_other`: rank 1 was killed by SIGKILL  \n  `tools/bazel" in md
+    page = report.html_page([result], None)
+    assert "<p class='diagnosis'>flight recorder: ranks 0 and 1 are in collective 3" in page

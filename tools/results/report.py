@@ -10,7 +10,7 @@ Bazel gave it, FLAKY included, runs, passed, flaky tests among them (passed only
 DIST_TESTS_RERUNS rerun), skipped, known failures, failed, did not run, timed out, time), and
 writes `report.md` and a self-contained `report.html` (a colour grid of the matrix, a row per
 backend and device class, each failing test with its
-message and repro command, shards whose ranks fell back from the forkserver to spawn, skip
+message, the flight recorder's line of a hung or failed one (where every rank was), and repro command, shards whose ranks fell back from the forkserver to spawn, skip
 reasons with counts) into DIR, by default
 `dist_tests_report/` in the workspace. Targets the invocation did not test show as such; a
 missing or malformed XML is reported for its target and the rest go on. If bazel-testlogs
@@ -32,7 +32,7 @@ import xml.etree.ElementTree as ET
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from dist_tests.harness import matrix  # noqa: E402
-from dist_tests.harness.shared import repro_command  # noqa: E402
+from dist_tests.harness.shared import FLIGHT_RECORDER_PREFIX, repro_command  # noqa: E402
 from tools.results import testlogs  # noqa: E402
 
 # Bazel's overall test status, as the report writes it.
@@ -54,6 +54,17 @@ _STATUS = {
 class Failure:
     test: str
     message: str
+
+    @property
+    def cause(self) -> str:
+        """The message's first line that is not the flight recorder's."""
+        lines = [line for line in self.message.strip().splitlines() if line.strip()]
+        return next((line for line in lines if not line.startswith(FLIGHT_RECORDER_PREFIX)), "(no message)")
+
+    @property
+    def diagnosis(self) -> str | None:
+        """Where every rank was, for a hung or failed test whose ranks were asked (the harness's flight_records.py)."""
+        return next((line for line in self.message.splitlines() if line.startswith(FLIGHT_RECORDER_PREFIX)), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,8 +227,8 @@ def markdown(results: list[TargetResult], invocation: testlogs.Invocation | None
     if failures:
         out += ["", "## Failures", ""]
         for r, f in failures:
-            first = f.message.strip().splitlines()[0] if f.message.strip() else "(no message)"
-            out.append(f"- `{r.label}` `{f.test}`: {first}  \n  `{r.repro(f.test)}`")
+            diagnosis = f"  \n  {f.diagnosis}" if f.diagnosis else ""
+            out.append(f"- `{r.label}` `{f.test}`: {f.cause}{diagnosis}  \n  `{r.repro(f.test)}`")
     flaky = [(r, f) for r in results for f in r.flaky_tests]
     if flaky:
         out += ["", "## Flaky: passed only on a rerun", ""]
@@ -255,6 +266,7 @@ td, th { border: 1px solid #ccc; padding: .4em .7em; text-align: left; vertical-
 .cell-name { font-weight: bold; } .counts { font-size: .85em; }
 pre { white-space: pre-wrap; max-height: 16em; overflow: auto; background: #f6f6f6; padding: .5em; }
 code { background: #f0f0f0; padding: 0 .2em; }
+.diagnosis { font-weight: bold; }
 """
 
 
@@ -288,7 +300,8 @@ def html_page(results: list[TargetResult], invocation: testlogs.Invocation | Non
     body.append(f"<h2>Failures ({len(failures)})</h2>")
     if failures:
         for r, f in failures:
-            body.append(f"<h3><code>{esc(r.label)}</code> {esc(f.test)}</h3>"
+            diagnosis = f"<p class='diagnosis'>{esc(f.diagnosis)}</p>" if f.diagnosis else ""
+            body.append(f"<h3><code>{esc(r.label)}</code> {esc(f.test)}</h3>{diagnosis}"
                         f"<p>Rerun alone: <code>{esc(r.repro(f.test))}</code></p><pre>{esc(f.message)}</pre>")
     else:
         body.append("<p>None.</p>")
