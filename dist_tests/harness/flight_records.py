@@ -202,12 +202,14 @@ def diagnose(dumps: Mapping[int, Mapping[str, Any]], world_size: int, missing: M
     by_rank = {rank: _collectives(dump) for rank, dump in dumps.items()}
     groups = sorted({g for per in by_rank.values() for g in per}, key=lambda g: (g[1] != "default_pg", g))
     findings: list[str] = []
+    mismatched: dict[tuple[str, str], int] = {}
     for group in groups:
-        mismatch = _first_mismatch(group, by_rank)
-        if mismatch:
-            findings.append(mismatch)
+        found = _first_mismatch(group, by_rank)
+        if found:
+            mismatched[group] = found[0]
+            findings.append(found[1])
     for group in groups:
-        stuck = _where_ranks_are(group, by_rank, dumps)
+        stuck = _where_ranks_are(group, by_rank, dumps, mismatched.get(group))
         if stuck:
             findings.append(stuck)
     if not findings:
@@ -220,7 +222,7 @@ def diagnose(dumps: Mapping[int, Mapping[str, Any]], world_size: int, missing: M
     return f"{FLIGHT_RECORDER_PREFIX} " + "; ".join(findings + notes)
 
 
-def _first_mismatch(group: tuple[str, str], by_rank: Mapping[int, Mapping]) -> str | None:
+def _first_mismatch(group: tuple[str, str], by_rank: Mapping[int, Mapping]) -> tuple[int, str] | None:
     """The lowest sequence number at which two ranks recorded different ops, or the same op on other sizes."""
     entries = {rank: per.get(group, {}) for rank, per in by_rank.items()}
     shared = sorted(set.union(*(set(e) for e in entries.values())))
@@ -231,17 +233,18 @@ def _first_mismatch(group: tuple[str, str], by_rank: Mapping[int, Mapping]) -> s
         first_rank, first = next(iter(at.items()))
         for rank, entry in at.items():
             if _op(entry) != _op(first):
-                return (f"at collective {seq} of {_group_name(group)} rank {rank} called {_short_op(entry)} where "
+                return seq, (f"at collective {seq} of {_group_name(group)} rank {rank} called {_short_op(entry)} where "
                         f"rank {first_rank} called {_short_op(first)} ({_what(entry)} against {_what(first)})")
             if (entry.get("input_sizes"), entry.get("input_dtypes")) != (first.get("input_sizes"),
                                                                            first.get("input_dtypes")):
-                return (f"at collective {seq} of {_group_name(group)} ({_op(first)}) rank {rank} passed "
+                return seq, (f"at collective {seq} of {_group_name(group)} ({_op(first)}) rank {rank} passed "
                         f"{describe_tensors(entry.get('input_sizes'), entry.get('input_dtypes'))} where rank "
                         f"{first_rank} passed {describe_tensors(first.get('input_sizes'), first.get('input_dtypes'))}")
     return None
 
 
-def _where_ranks_are(group: tuple[str, str], by_rank: Mapping[int, Mapping], dumps: Mapping[int, Mapping]) -> str:
+def _where_ranks_are(group: tuple[str, str], by_rank: Mapping[int, Mapping], dumps: Mapping[int, Mapping],
+                     mismatched_at: int | None = None) -> str:
     """'ranks 0 and 1 are in collective 3 (...) of the default group; rank 2 never reached it (...)'; "" when
     every rank recorded the same last collective and none is known to be inside it."""
     last = {rank: max(per.get(group, {}) or [0]) for rank, per in by_rank.items()}
@@ -254,7 +257,8 @@ def _where_ranks_are(group: tuple[str, str], by_rank: Mapping[int, Mapping], dum
         return ""
     entry = next(by_rank[r][group][top] for r in ahead)
     verb = _verb(ahead, "is", "are") if (pending or behind) else _verb(ahead, "reached", "reached")
-    text = f"{_ranks_text(ahead)} {verb} in collective {top} ({_what(entry)}) of {_group_name(group)}"
+    what = "" if mismatched_at == top else f" ({_what(entry)})"  # ranks disagree on what it is: said above
+    text = f"{_ranks_text(ahead)} {verb} in collective {top}{what} of {_group_name(group)}"
     for rank in behind:
         seq = last[rank]
         before = (f"its last collective is {seq}, {_op(by_rank[rank][group][seq])}" if seq
