@@ -5,10 +5,11 @@ import os
 import pathlib
 import time
 import uuid
+import zipfile
 
 import pytest
 
-from conftest import all_cases, bazel
+from conftest import all_cases, bazel, results
 
 TARGET = "//dist_tests:gloo_2"
 FILTER = "--test_filter=test_all_reduce_sum test_broadcast"
@@ -46,7 +47,12 @@ def wait_for_no_marked_processes(mark: str, seconds: float = 30) -> list[str]:
     [
         ("kill", ["rank 1 was killed by SIGKILL"]),
         ("raise", ["Process 1 exited with error code 10", "DIST_TESTS_FAULT: injected error in rank 1"]),
-        ("hang", ["timed out after 10 s", "rank 1 was at:", "in fault"]),
+        ("hang", ["timed out after 10 s", "rank 1 was at:", "in fault",
+                  # The flight recorder's line on top, the dumps kept where torch's analyzer reads them.
+                  "flight recorder: rank 0 is in collective 1 (gloo:all_reduce, 1 tensor of 1 float) of the default "
+                  "group; rank 1 never reached it (it recorded no collective in that group)\n",
+                  "flight recorder dumps kept in test.outputs/flight_recorder/test_all_reduce_sum/",
+                  'File "dist_tests/harness/faults.py"']),
     ],
 )
 def test_a_faulty_rank_fails_only_its_test(fault, expected, mark):
@@ -61,6 +67,10 @@ def test_a_faulty_rank_fails_only_its_test(fault, expected, mark):
     assert failed.outcome == "failed"
     for text in expected:
         assert text in failed.message, failed.message
+    if fault == "hang":
+        assert failed.message.startswith("flight recorder: ")
+        names = {n for z in results(TARGET).output_zips() for n in zipfile.ZipFile(z).namelist()}
+        assert {"flight_recorder/test_all_reduce_sum/rank0", "flight_recorder/test_all_reduce_sum/rank1"} <= names
     assert wait_for_no_marked_processes(mark) == []
 
 

@@ -9,9 +9,9 @@ Prints a table (one line per target: its backend, device class and world size, s
 Bazel gave it, FLAKY included, runs, passed, flaky tests among them (passed only on a
 DIST_TESTS_RERUNS rerun), skipped, known failures, failed, did not run, timed out, time), and
 writes `report.md` and a self-contained `report.html` (a colour grid of the matrix, a row per
-backend and device class, each failing test with its
-message, the flight recorder's line of a hung or failed one (where every rank was), and repro command, shards whose ranks fell back from the forkserver to spawn, skip
-reasons with counts) into DIR, by default
+backend and device class, each failing test with its message, the flight recorder's line of a
+hung or failed one (where every rank was) and its repro command, shards whose ranks fell back
+from the forkserver to spawn, skip reasons with counts) into DIR, by default
 `dist_tests_report/` in the workspace. Targets the invocation did not test show as such; a
 missing or malformed XML is reported for its target and the rest go on. If bazel-testlogs
 holds results newer than the events, the last `bazel test` did not write them: the report
