@@ -1,6 +1,7 @@
 """Runs inside a py_test: the interpreter and packages are its device class's locked environment.
 
-LOCK (the lock of that class) and DIST_TESTS_DEVICE come from the target (tests/BUILD.bazel).
+LOCK (the lock of that class, `{python}` for this interpreter's version: one lock per Python) and
+DIST_TESTS_DEVICE come from the target (tests/BUILD.bazel).
 """
 
 import hashlib
@@ -11,7 +12,7 @@ import sys
 import unittest
 
 DEVICE = os.environ.get("DIST_TESTS_DEVICE", "cpu")
-LOCK = os.environ["LOCK"]
+LOCK = os.environ["LOCK"].format(python="%d.%d" % sys.version_info[:2])
 PACKAGES = f"dist_python_{DEVICE}"
 
 

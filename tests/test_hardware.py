@@ -115,7 +115,7 @@ def test_gloo_targets_hide_gpus_from_their_ranks(python):
 def test_every_cuda_of_the_gpu_lock_has_a_minimum_driver_and_the_docs_name_it():
     from dist_tests.harness import cuda_driver
 
-    lock = (ROOT / "third_party" / "python" / "requirements_gpu_lock.txt").read_text()
+    lock = "".join(path.read_text() for path in (ROOT / "third_party" / "python").glob("requirements_gpu_py*_lock.txt"))
     cudas = {int(major) for major in re.findall(r"^nvidia-[a-z-]+-cu(\d+)===", lock, re.MULTILINE)}
     minimums = cuda_driver.driver_minimums()
     assert cudas and cudas <= set(minimums), f"CUDA majors of the gpu lock: {cudas}; minimums for: {set(minimums)}"

@@ -247,7 +247,7 @@ def test_the_harness_lock_pins_the_locked_environments_versions():
     def pins(lock: str) -> dict[str, str]:
         text = (ROOT / "third_party" / "python" / lock).read_text()
         return {m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9._-]+)===(\S+)", text, re.M)}
-    harness, cpu = pins("harness_lock.txt"), pins("requirements_cpu_lock.txt")
+    harness, cpu = pins("harness_lock.txt"), pins("requirements_cpu_py3.11_lock.txt")
     assert {"absl-py", "pytest", "expecttest"} <= harness.keys()
     assert {name: version for name, version in harness.items() if name in cpu} == \
            {name: cpu[name] for name in harness if name in cpu}

@@ -48,10 +48,10 @@ def test_a_wheel_in_no_source_stops_naming_it(uv, tmp_path):
     assert "pip config set global.find-links" in run.stderr
 
 
-def test_a_gpu_lock_for_another_python_stops_the_build_naming_it(tmp_path):
+def test_a_gpu_lock_whose_python_line_is_not_its_names_stops_the_build_naming_it(tmp_path):
     workspace = tmp_path / "workspace"
     copy_workspace(workspace)
-    lock = workspace / "third_party/python/requirements_gpu_lock.txt"
+    lock = workspace / "third_party/python/requirements_gpu_py3.11_lock.txt"
     lock.write_text(lock.read_text().replace("# python: 3.11", "# python: 3.9"))
     base = f"--output_base={tmp_path / 'output_base'}"
     try:
@@ -62,7 +62,7 @@ def test_a_gpu_lock_for_another_python_stops_the_build_naming_it(tmp_path):
         subprocess.run(["chmod", "-R", "u+w", str(tmp_path / "output_base")], check=False)
     output = run.stdout + run.stderr
     assert run.returncode != 0
-    assert "locked for CPython 3.9 (//third_party/python:requirements_gpu_lock.txt)" in output, output
-    assert "Either install CPython 3.9 (apt-get install python3.9" in output
+    assert "requirements_gpu_py3.11_lock.txt is named for Python 3.11 but says '# python: 3.9'" in output, output
+    assert "tools/python_env/update_lock --python 3.11" in output
     # It stopped before installing anything.
     assert not (tmp_path / "output_base" / "external" / "dist_python_gpu" / "site-packages").exists()

@@ -24,16 +24,22 @@ def test_a_cpu_command_on_a_fresh_output_base_downloads_nothing_and_makes_no_cud
     assert not (external / "dist_python_gpu").exists(), "a CPU-only command fetched the GPU targets' environment"
 
 
-def test_an_interpreter_of_another_version_is_refused(fresh_output_base, tmp_path):
+def test_an_interpreter_of_a_version_without_a_lock_is_refused(fresh_output_base, tmp_path):
     fake = tmp_path / "python3.9"
     fake.write_text("#!/bin/sh\necho /opt/fake/bin/python3.9\necho cpython\necho 3.9\n")
     fake.chmod(0o755)
     run = bazel("build", "//tests:locked_env_cpu_test", f"--repo_env=DIST_TESTS_PYTHON={fake}",
                 startup=fresh_output_base)
     assert run.returncode != 0
-    assert "locked for CPython 3.11" in run.output and "but /opt/fake/bin/python3.9 is Python 3.9" in run.output
-    # Both ways out: a 3.11, or this interpreter's own torch.
-    assert "--repo_env=DIST_TESTS_PYTHON=/path/to/python3.11" in run.output
+    # The versions there are (every Python with a lock of some device class), and this one's.
+    versions = sorted({path.name.split("_py")[1].split("_")[0]
+                       for path in (ROOT / "third_party" / "python").glob("requirements_*_py*_lock.txt")},
+                      key=lambda v: tuple(map(int, v.split("."))))
+    assert "3.11" in versions
+    assert f"locked for CPython {', '.join(versions)}" in run.output, run.output
+    assert "but /opt/fake/bin/python3.9 is Python 3.9: there is no lock for 3.9" in run.output
+    # Both ways out: an interpreter of a locked version, or this interpreter's own torch.
+    assert "--repo_env=DIST_TESTS_PYTHON=/path/to/python3.X" in run.output
     own_torch = "--repo_env=DIST_TESTS_PYTHON=/opt/fake/bin/python3.9 --repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1"
     assert own_torch in run.output
 
@@ -60,7 +66,7 @@ def test_a_torch_wheel_needs_its_own_sha256(fresh_output_base, tmp_path):
     ("gpu", "torch===2.13.0", "PyPI"),
 ])
 def test_each_device_classes_lock_pins_every_package_with_a_hash_and_names_its_source(device, torch_pin, source):
-    lock = ROOT / "third_party" / "python" / f"requirements_{device}_lock.txt"
+    lock = ROOT / "third_party" / "python" / f"requirements_{device}_py3.11_lock.txt"
     text = lock.read_text()
     pins = [line for line in text.splitlines() if "===" in line]
     assert len(pins) >= 10

@@ -1,6 +1,7 @@
 """One device class's Python packages, installed from its hash-locked requirements file.
 
-`python_packages` installs every pin of its lock with uv (hash-checked, wheels only, from
+`python_packages` installs every pin of its device class's lock for the host's Python (one lock per
+Python, `LOCKS` in common.bzl; a Python without one is refused before any test starts) with uv (hash-checked, wheels only, from
 pip's own sources: install_lock.py)
 into one `site-packages` folder (one folder: torch finds its CUDA libraries beside it),
 compiles it to deterministic bytecode, and exposes it as `:site_packages`, which a test target
@@ -31,7 +32,7 @@ compiling again. `environment_cache.txt` (not an input of any target) lists the 
 what the cache did. `DIST_TESTS_ENV_CACHE` moves the cache, or turns it off (`0`).
 """
 
-load(":common.bzl", "PIP_ENV", "SETTINGS", "fail_with", "host_python", "run", "uses_interpreter_torch")
+load(":common.bzl", "LOCKS", "PIP_ENV", "SETTINGS", "fail_with", "host_python", "locked_python", "run", "uses_interpreter_torch")
 
 # What the steps below (install, rename, compile) make of the same inputs. Change it whenever
 # they change, so that the environment cache makes a new entry instead of reusing one that the
@@ -204,8 +205,13 @@ def _install(rctx, python, pip_python, lock, requirements, torch_wheel):
 
 def _python_packages_impl(rctx):
     interpreter_torch = uses_interpreter_torch(rctx)
-    lock = rctx.attr.harness_lock if interpreter_torch else rctx.attr.lock
-    python = host_python(rctx, lock)
+    if interpreter_torch:
+        lock = rctx.attr.harness_lock
+        python = host_python(rctx, lock)
+    else:
+        # The lock of the host's Python (one per Python); none for it stops here, before any test.
+        python = locked_python(rctx, [LOCKS[rctx.attr.device]], "the %s targets' packages" % rctx.attr.device)
+        lock = python.lock
     options, requirements = _lock_entries(rctx.read(lock))
     torch_wheel = rctx.os.environ.get("DIST_TESTS_TORCH_WHEEL", "")
     if interpreter_torch:
@@ -251,11 +257,6 @@ python_packages = repository_rule(
             default = "//third_party/python:harness_lock.txt",
             allow_single_file = True,
             doc = "The harness's packages alone, for the interpreter's own torch (a '# python: X.Y-X.Z' range).",
-        ),
-        "lock": attr.label(
-            mandatory = True,
-            allow_single_file = True,
-            doc = "The hash-locked requirements file, with a '# python: X.Y' line.",
         ),
         "_environment_cache": attr.label(default = "//tools/python_env:environment_cache.py", allow_single_file = True),
         "_install_lock": attr.label(default = "//tools/python_env:install_lock.py", allow_single_file = True),

@@ -26,7 +26,8 @@ import tempfile
 import install_lock  # beside this script, as locked_tool.py imports it
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CPU_LOCK = ROOT / "third_party" / "python" / "requirements_cpu_lock.txt"
+# The CPU lock of the Python the stand-in is for (one per Python; python's own version picks it).
+CPU_LOCK = str(ROOT / "third_party" / "python" / "requirements_cpu_py{python}_lock.txt")
 INSTALLER_LOCK = ROOT / "third_party" / "python" / "installer_lock.txt"
 KINDS = ("regular", "editable", "develop")
 # The packages a PyTorch checkout holds at its top, beside setup.py.
@@ -54,7 +55,10 @@ def installer(python: str) -> str:
 def locked_venv(venv: pathlib.Path, python: str) -> pathlib.Path:
     """A virtual environment of python (no pip of its own) with every package of the CPU lock, torch included."""
     subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, env=install_lock.clean_environ())
-    subprocess.run([python, "-E", str(pathlib.Path(install_lock.__file__)), installer(python), str(CPU_LOCK),
+    version = subprocess.run([python, "-E", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    lock = CPU_LOCK.format(python=version)
+    subprocess.run([python, "-E", str(pathlib.Path(install_lock.__file__)), installer(python), lock,
                     str(site_packages(venv))], check=True, env=install_lock.clean_environ(), stdout=subprocess.DEVNULL)
     shutil.rmtree(site_packages(venv) / "bin", ignore_errors=True)
     return venv / "bin" / "python"
