@@ -12,7 +12,7 @@ ORDER = [
     # What the harness shares with tools/ (words, the repro command, free_port), then what is read
     # before torch loads: the environment, the matrix, settings, lists, leases, faults.
     "shared", "environment", "cuda_driver", "matrix", "selection", "known_failures", "faults", "flight_records",
-    "plugins", "settings", "ci_lists", "gpu_leases", "by_hand",
+    "network", "plugins", "settings", "ci_lists", "gpu_leases", "by_hand",
     # The run's state and its time budget.
     "state", "budget",
     # What faces torch: its private internals, the spawn-file settings, what ranks are asked when a test fails

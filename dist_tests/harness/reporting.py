@@ -9,6 +9,8 @@ This adds what the spawn suite needs on top:
 - a run in which a test did not start for lack of time fails, saying how many and what to raise;
 - the start method the ranks used, and a fallback from the forkserver, in the closing line
   and as the XML's `dist_tests_start_method` property;
+- a CPU target's action that shared the Bazel server's network (network.py) as the XML's
+  `dist_tests_network` property (the warning itself is at the start of the log);
 - a closing line with the counts, known failures, tests that did not run apart from skips,
   and tests that passed only on a rerun (flaky, see reruns.py);
 - a rerun test's failed attempts in its testcase, as `flakyFailure`/`flakyError` when it
@@ -26,7 +28,9 @@ from absl.testing import xml_reporter
 from dist_tests.harness import shared
 from dist_tests.harness.shared import (
     KNOWN_FAILURE_PREFIX,
+    NETWORK_PROPERTY,
     NOT_RUN_PREFIX,
+    SHARED_NETWORK,
     START_METHOD_PROPERTY,
     TORCH_FLAGS_PROPERTY,
 )
@@ -149,6 +153,8 @@ class _Result(xml_reporter._TextAndXMLTestResult):
             )
         # The start method in the XML too (tools/results/report.py lists fallbacks): a testsuites property.
         self.suite._testsuites_properties[START_METHOD_PROPERTY] = RUN.start_method_note()
+        if RUN.network_shared:  # said once at the start of the log; kept with the results too
+            self.suite._testsuites_properties[NETWORK_PROPERTY] = SHARED_NETWORK
         if RUN.settings and RUN.settings.torch_flags:
             # The report's rerun commands carry them too.
             self.suite._testsuites_properties[TORCH_FLAGS_PROPERTY] = RUN.settings.torch_flags

@@ -11,7 +11,17 @@ import sys
 import tempfile
 import unittest
 
-from dist_tests.harness import budget, ci_lists, environment, faults, gpu_leases, plugins, selection, spawn_file
+from dist_tests.harness import (
+    budget,
+    ci_lists,
+    environment,
+    faults,
+    gpu_leases,
+    network,
+    plugins,
+    selection,
+    spawn_file,
+)
 from dist_tests.harness import settings as settings_lib
 from dist_tests.harness.cuda_driver import DriverError, check_driver
 from dist_tests.harness.state import RUN, time_hint
@@ -43,6 +53,8 @@ def configure() -> None:
             die(f"{settings.target} does not run: {not_run}.\n"
                 "  Pass --test_env=DIST_TESTS_ALLOW_SKIP=1 to report every test as skipped instead.")
         RUN.skip_all_reason = f"not run: {not_run}"
+    if settings.device == "cpu" and not RUN.skip_all_reason:
+        _check_network(settings)
     # Everything torch writes through tempfile (init files, barriers) lands in the work dir.
     tmp = os.path.join(settings.work_dir, "tmp")
     os.makedirs(tmp, exist_ok=True)
@@ -77,6 +89,18 @@ def prepare_plugin() -> None:
         plugins.prepare(plugin)
     except plugins.PluginError as error:
         die(f"{error}\n  No rank was started.")
+
+
+def _check_network(settings: settings_lib.Settings) -> None:
+    """Says once per shard, before its first test, when the action shares the Bazel server's network (network.py).
+
+    CPU targets are tagged block-network (tools/dist_tests.bzl); a sandbox that ignored it only warns, as the
+    tests may well pass alone.
+    """
+    warning = network.shared_network_warning(settings.target)
+    if warning:
+        print(f"dist_tests: warning: {warning}", file=sys.stderr, flush=True)
+        RUN.network_shared = True
 
 
 def _check_driver(settings: settings_lib.Settings) -> None:

@@ -17,6 +17,10 @@ FALLBACK_PREFIX = "spawn (fell back from the forkserver"
 # The test.xml property that holds the --repo_env flags which chose the run's interpreter or torch
 # (the interpreter's wrapper passes them in DIST_TESTS_TORCH_FLAGS); absent with the locked torch.
 TORCH_FLAGS_PROPERTY = "dist_tests_torch_flags"
+# The test.xml property present when a CPU target's action shared the Bazel server's network namespace
+# (its block-network tag did nothing, dist_tests/harness/network.py), and its value.
+NETWORK_PROPERTY = "dist_tests_network"
+SHARED_NETWORK = "the Bazel server's (no network namespace of its own)"
 # The line that says where every rank of a hung or failed test is (flight_records.py); the report shows it.
 FLIGHT_RECORDER_PREFIX = "flight recorder:"
 

@@ -22,6 +22,7 @@ class Run:
     gpu_lease: Lease | None = None  # the GPUs this run holds (GPU targets)
     start_method: str = "spawn"  # how ranks start now: the settings' method until a fallback
     start_method_fallback: str | None = None  # why the run left the forkserver for spawn
+    network_shared: bool = False  # a CPU target's action shares the Bazel server's network (network.py)
 
     def fall_back_to_spawn(self, reason: str) -> None:
         """Starts the rest of the run's ranks with spawn, saying why once (and in the closing line)."""
