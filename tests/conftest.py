@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -103,6 +104,16 @@ def locked_python() -> str:
 @pytest.fixture(scope="session")
 def python() -> str:
     return locked_python()
+
+
+@pytest.fixture(scope="session")
+def cluster_blobs():
+    """A folder for the CAS and input cache of every cluster this session starts (tools/remote/execution
+    --blobs): each cluster is new (its own database, server, workers and action cache), but the ~1 GB
+    test environment is uploaded and fetched once, not once per cluster."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="dist_tests_cluster_blobs-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

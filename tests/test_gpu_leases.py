@@ -29,6 +29,9 @@ WAITING = "waiting for 2 free GPUs"
 sys.path.insert(0, str(ROOT))
 from dist_tests.harness import gpu_leases  # noqa: E402
 
+# Its clusters and Bazel runs fill the waits of the other lane (tools/selftest).
+pytestmark = pytest.mark.second_lane
+
 
 class Leases:
     """A private lock folder, records folder and release file under /dev/shm (host-wide, and
@@ -275,11 +278,11 @@ def test_gpu_targets_are_exclusive_locally_and_not_under_config_remote():
     assert run.returncode != 0 and 'DIST_TESTS_GPU_EXCLUSIVE="maybe": use 1' in run.output
 
 
-def test_two_gpu_workers_run_two_2_gpu_actions_at_once_on_disjoint_gpus(leases):
+def test_two_gpu_workers_run_two_2_gpu_actions_at_once_on_disjoint_gpus(leases, cluster_blobs):
     """Over 2 minutes: a real cluster whose holders each keep their GPUs for a while, so that overlap shows."""
     from test_remote_execution import start_cluster, stop_cluster
 
-    cluster = start_cluster(cpu=1, gpu=2)
+    cluster = start_cluster(cpu=1, gpu=2, blobs=cluster_blobs)
     try:
         run = subprocess.Popen([BAZEL, "test", HOLDER, *cluster.flags, "--runs_per_test=2", "--remote_timeout=600",
                                 *leases.bazel_flags("0,1,2,3")],

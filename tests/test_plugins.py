@@ -127,9 +127,9 @@ def test_a_plugin_line_runs_the_suite_with_gloos_outcomes_where_its_features_mat
     assert "//dist_tests:example_2: " in shard_log(EXAMPLE, workspace=workspace)
 
 
-def test_a_plugin_line_runs_remotely_on_the_local_cluster(workspace):
+def test_a_plugin_line_runs_remotely_on_the_local_cluster(workspace, cluster_blobs):
     """Over 2 minutes: a real cluster, and the plugin's and gloo's selections run on it to compare outcomes."""
-    cluster = start_cluster(cpu=2, gpu=0)
+    cluster = start_cluster(cpu=2, gpu=0, blobs=cluster_blobs)
     try:
         run = bazel("test", EXAMPLE, GLOO, f"--test_filter={SELECTION}", "--nocache_test_results", *cluster.flags,
                     *JOBS, workspace=workspace)

@@ -21,6 +21,9 @@ import pytest
 from conftest import BAZEL, ROOT, all_cases, bazel, results
 from test_remote_cache import copy_workspace, processes_line
 
+# Its clusters and Bazel runs fill the waits of the other lane (tools/selftest).
+pytestmark = pytest.mark.second_lane
+
 TOOL = str(ROOT / "tools" / "remote" / "execution")
 GLOO, NCCL = "//dist_tests:gloo_2", "//dist_tests:nccl_2"
 FILTER = "--test_filter=test_all_reduce_sum test_broadcast test_barrier"
@@ -68,11 +71,13 @@ class Cluster:
         return int((self.state / "pids" / f"{name}.pid").read_text())
 
 
-def start_cluster(cpu: int, gpu: int) -> Cluster:
+def start_cluster(cpu: int, gpu: int, blobs: pathlib.Path) -> Cluster:
+    """A new cluster whose CAS and input cache are in blobs (the session's cluster_blobs)."""
     # PostgreSQL runs as the postgres user: the folder must be reachable by it (not under /root).
     state = pathlib.Path(tempfile.mkdtemp(prefix="dist_tests_remote_execution-", dir="/tmp"))
     proc = subprocess.run([TOOL, "start", "--dir", str(state), "--cpu-workers", str(cpu), "--gpu-workers", str(gpu),
-                           "--queue-timeout", str(QUEUE_TIMEOUT_S)], capture_output=True, text=True, timeout=900)
+                           "--queue-timeout", str(QUEUE_TIMEOUT_S), "--blobs", str(blobs)],
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     return Cluster(state, proc.stdout.strip().splitlines()[-1])
 
@@ -102,8 +107,8 @@ def stop_cluster(cluster: Cluster) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    started = start_cluster(cpu=2, gpu=1)
+def cluster(cluster_blobs):
+    started = start_cluster(cpu=2, gpu=1, blobs=cluster_blobs)
     try:
         yield started
     finally:
@@ -116,8 +121,9 @@ def case_outcomes(target: str) -> list[tuple[str, str]]:
 
 
 def test_filtered_suite_runs_on_the_cpu_pool_gpu_target_on_the_gpu_pool_with_local_outcomes(cluster):
-    """Over 2 minutes: the same selection runs locally and then through the real cluster (the first upload of the
-    ~900 MB environment included), so that outcomes can be compared test by test."""
+    """Over 2 minutes: the same selection runs locally and then through the real cluster (with the upload of the
+    ~900 MB environment when no earlier cluster of the session made it), so that outcomes can be compared test by
+    test."""
     local = bazel("test", GLOO, LONG_FILTER, *ENV, "--nocache_test_results")
     assert local.returncode == 0, local.output
     local_outcomes = case_outcomes(GLOO)
@@ -261,8 +267,8 @@ def test_a_wrong_endpoint_fails_at_once():
     assert f"Failed to query remote execution capabilities: Connection refused: /127.0.0.1:{unused}" in run.output
 
 
-def test_the_server_stopped_mid_run_fails_the_run_and_stop_leaves_no_process():
-    own = start_cluster(cpu=1, gpu=0)
+def test_the_server_stopped_mid_run_fails_the_run_and_stop_leaves_no_process(cluster_blobs):
+    own = start_cluster(cpu=1, gpu=0, blobs=cluster_blobs)
     try:
         before = own.actions("started")
         proc = bazel_in_background("test", GLOO, "--test_filter=test_broadcast", "--test_sharding_strategy=disabled",

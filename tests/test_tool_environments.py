@@ -19,6 +19,9 @@ import pytest
 
 from conftest import ROOT
 
+# Its clusters and Bazel runs fill the waits of the other lane (tools/selftest).
+pytestmark = pytest.mark.second_lane
+
 TOOL = str(ROOT / "tools" / "remote" / "execution")
 LOCK = ROOT / "third_party" / "remote_execution" / "requirements_lock.txt"
 DIGEST = hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
