@@ -18,7 +18,7 @@ from typing import Any
 
 from dist_tests.harness import environment
 from dist_tests.harness.budget import time_too_short_message
-from dist_tests.harness.shared import NOT_RUN_PREFIX
+from dist_tests.harness.shared import FLIGHT_RECORDER_PREFIX, NOT_RUN_PREFIX
 from dist_tests.harness.state import RUN
 
 
@@ -34,9 +34,10 @@ class FailedAttempt:
 
     @property
     def cause(self) -> str:
-        """The first line of the message: the join loop's cause or torch's."""
+        """The first line of the message: the join loop's cause or torch's (not the flight recorder's line above
+        it, which says where the ranks were, not what went wrong)."""
         for line in self.message.splitlines():
-            if line.strip():
+            if line.strip() and not line.startswith(FLIGHT_RECORDER_PREFIX):
                 return line.strip()[:300]
         return self.exception_type
 
