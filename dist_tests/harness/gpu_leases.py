@@ -96,6 +96,15 @@ def gpu_pool(env: Mapping[str, str], shown: list[int] | None) -> tuple[list[int]
     return pool, "the GPUs this host's driver shows"
 
 
+def gpu_count(env: Mapping[str, str], shown: list[int] | None) -> tuple[int, str]:
+    """How many GPUs gpu_pool gives, and where that number comes from: 0 on a host whose driver shows
+    none, unless DIST_TESTS_GPUS names stand-ins."""
+    if shown is None and not env.get("DIST_TESTS_GPUS", "").strip():
+        return 0, f"no NVIDIA driver lists GPUs in {_DRIVER_GPUS}"
+    pool, source = gpu_pool(env, shown)
+    return len(pool), source
+
+
 def gpus_before_torch(env: Mapping[str, str]) -> tuple[int, str] | None:
     """The GPUs a run's ranks could have, as the driver shows them before torch loads, and where that
     number comes from; None when only the lease and torch can tell.
@@ -107,15 +116,12 @@ def gpus_before_torch(env: Mapping[str, str]) -> tuple[int, str] | None:
     if env.get("DIST_TESTS_GPUS", "").strip():
         return None
     shown = driver_gpus()
-    if shown is None:
-        if os.path.exists("/dev/kfd"):
-            return None
-        return 0, f"no NVIDIA driver lists GPUs in {_DRIVER_GPUS}"
+    if shown is None and os.path.exists("/dev/kfd"):
+        return None
     try:
-        pool, source = gpu_pool(env, shown)
+        return gpu_count(env, shown)
     except LeaseError:
         return None  # the lease says what is wrong, with the run's target
-    return len(pool), source
 
 
 def _listing(gpus: list[int]) -> str:

@@ -51,14 +51,10 @@ def host_gpus(env: dict[str, str]) -> tuple[int, str]:
                             "leave it unset to count this host's.")
         return int(standin), f"DIST_TESTS_HOST_GPUS={standin}"
     named = {"DIST_TESTS_GPUS": env["DIST_TESTS_GPUS"]} if env.get("DIST_TESTS_GPUS", "").strip() else {}
-    shown = gpu_leases.driver_gpus()
-    if shown is None and not named:
-        return 0, "no NVIDIA driver shows GPUs here"
     try:
-        pool, source = gpu_leases.gpu_pool(named, shown)
+        return gpu_leases.gpu_count(named, gpu_leases.driver_gpus())
     except gpu_leases.LeaseError as error:
         raise HostError(str(error)) from None
-    return len(pool), source
 
 
 def host_driver(env: dict[str, str]) -> tuple[str, str]:
