@@ -45,7 +45,10 @@ class HangProbe(suite.StandaloneSpawnCase):
     def test_holds_gil(self) -> None:
         tensor = self._first()
         if self.rank == 1:
-            ctypes.PyDLL(None).sleep(600)  # libc's sleep through PyDLL: the GIL stays held
+            # libc's sleep through PyDLL keeps the GIL held. The faulthandler signal that asks for this rank's
+            # stacks ends a sleep early, so it sleeps again: leaving would reach the collective, and its dump.
+            while True:
+                ctypes.PyDLL(None).sleep(600)
         dist.all_reduce(tensor)
 
     def test_dies_while_dumping(self) -> None:
