@@ -106,3 +106,11 @@ def test_a_preload_module_that_fails_to_import_stops_the_run_naming_it(python, t
             in run.stderr)
     assert "DIST_TESTS_START_METHOD=spawn" in run.stderr
     assert not list(pathlib.Path(tmp_path).glob("rank*.json"))
+
+
+def test_a_parent_that_initialised_the_driver_gets_a_fresh_clean_server_not_its_fork(python, tmp_path, libcuda):
+    # Its fork would not be clean; a fresh server is (it never maps the driver), so ranks still fork.
+    run = run_probe(python, tmp_path, PROBE_PARENT_PRELOADS="1", PROBE_PARENT_LIBCUDA=libcuda)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [(r["from_forkserver"], r["server_is_parents_fork"]) for r in rank_reports(tmp_path)] == [(True, False)] * 2
+    assert "forkserver cannot be used" not in run.stderr and FALLBACK not in run.stderr

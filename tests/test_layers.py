@@ -10,16 +10,19 @@ HARNESS = pathlib.Path(__file__).resolve().parent.parent / "dist_tests" / "harne
 # Bottom to top. A module may import only modules before it in this list.
 ORDER = [
     # What the harness shares with tools/ (words, the repro command, free_port), then what is read
-    # before torch loads: the environment, the matrix, settings, lists, leases, faults.
-    "shared", "environment", "cuda_driver", "matrix", "selection", "known_failures", "faults", "flight_records",
-    "network", "plugins", "settings", "ci_lists", "gpu_leases", "by_hand",
+    # before torch loads: the environment, what a process removes at its end, the matrix, settings, lists, leases,
+    # faults.
+    "shared", "environment", "cleanup", "cuda_driver", "matrix", "selection", "known_failures", "faults",
+    "flight_records", "network", "plugins", "settings", "ci_lists", "gpu_leases", "by_hand",
     # The run's state and its time budget.
     "state", "budget",
     # What faces torch: its private internals, the spawn-file settings, what ranks are asked when a test fails
     # (their records and stacks), ranks, the forkserver, reruns, reporting.
     "spawn_file", "torch_internals", "rank_reports", "ranks", "forkserver", "forkserver_proof", "reruns", "reporting",
+    # The run's plugin backend, prepared on import (the parent, spawned ranks, the forkserver's preload).
+    "plugin_preload",
     # The suite's harness and the runner on top.
-    "suite", "runner", "plugin_preload",
+    "suite", "runner",
 ]
 # Names of variables the harness reads or writes, as they appear in its code.
 VARIABLE = re.compile(r"^(DIST_TESTS|TEST|TESTBRIDGE|XML|PYTORCH|CUDA|HIP|OMP|NUM|MASTER|INIT|BACKEND|WORLD|TMPDIR|"

@@ -106,3 +106,28 @@ def test_forkserver_and_spawn_give_every_test_the_same_outcome():
     assert len(outcomes["spawn"]) == len(PARITY_TESTS.split())
     assert {o for o, _ in outcomes["spawn"].values()} == {"passed", "skipped"}
     assert outcomes["forkserver"] == outcomes["spawn"]
+
+
+def test_a_parent_holding_every_preload_module_forks_itself_into_the_server(python, tmp_path):
+    # As the entry point does: the server costs a fork, not a second import of torch and the suite.
+    run = run_probe(python, tmp_path, PROBE_PARENT_PRELOADS="1", DIST_TESTS_CPUS="4")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for rank, report in enumerate(rank_reports(tmp_path)):
+        assert (report["from_forkserver"], report["server_is_parents_fork"]) == (True, True)
+        # Forked ranks still end like spawned ones, with their share of the cores.
+        assert (report["threads"], report["omp_num_threads"]) == (2, "2")
+        assert (tmp_path / f"atexit.rank{rank}").read_text() == "ran\n"
+        assert f"c-stdio-tail-rank{rank}" in run.stdout
+    # Each rank inherited the parent's exit handlers; the one removing the work folder acted in the parent only.
+    assert json.loads((tmp_path / "parent.json").read_text()) == {"work_dir": True}
+    # Without the preloads the parent starts a fresh server (the probe's other tests use that one).
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert run_probe(python, fresh).returncode == 0
+    assert [(r["from_forkserver"], r["server_is_parents_fork"]) for r in rank_reports(fresh)] == [(True, False)] * 2
+
+
+def test_a_parent_running_another_thread_starts_a_fresh_server(python, tmp_path):
+    run = run_probe(python, tmp_path, PROBE_PARENT_PRELOADS="1", PROBE_PARENT_THREAD="1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [(r["from_forkserver"], r["server_is_parents_fork"]) for r in rank_reports(tmp_path)] == [(True, False)] * 2

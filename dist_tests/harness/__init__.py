@@ -7,8 +7,9 @@
    settings, ci_lists, gpu_leases, by_hand (what tools/python asks before it fetches packages);
 2. the run's state and time budget: state, budget;
 3. what faces torch: spawn_file, torch_internals (the one user of torch's private test internals),
-   ranks, forkserver, forkserver_proof, reruns, reporting;
-4. on top: suite (SpawnHarness), runner, plugin_preload.
+   ranks, forkserver, forkserver_proof, reruns, reporting, plugin_preload (the run's plugin backend,
+   prepared on import);
+4. on top: suite (SpawnHarness), runner.
 
 A module imports only from the layers below it.
 """

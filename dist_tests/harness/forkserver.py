@@ -13,7 +13,14 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from multiprocessing import connection
 from multiprocessing import forkserver as mp_forkserver
+from typing import Any
 
 from dist_tests.harness import environment, ranks
 
@@ -48,11 +55,102 @@ def _started() -> None:
     """The first process forked from the server: it exists only once the preload has finished."""
 
 
-def start(report_dir: str) -> Proof:
-    """Starts the server with PRELOAD, waits for its preload, returns its proof.
+@dataclasses.dataclass(frozen=True)
+class _Early:
+    """A server forked from this process by fork_early(), not yet proven."""
 
-    Raises ForkserverError when a preload module failed to import in the server (multiprocessing
-    itself would go on silently, slower) or the server died.
+    pid: int
+    report: str
+
+
+_early: _Early | None = None
+
+
+def fork_early(report_dir: str, close: Sequence[int] = ()) -> bool:
+    """Makes a fork of this process the forkserver now, when that is safe; start() proves it and uses it.
+
+    Called first in runner.main(): this process has imported torch, the suite and every PRELOAD
+    module, and has run nothing of its tests, so its fork holds what a fresh server would import,
+    without importing it again (about 5 s of CPU and of wall time per shard here). Returns False,
+    having started nothing, when a preload module is missing here or another Python thread runs
+    (a fork copies only this one); start() then starts a fresh server, as it would have anyway.
+
+    The fork holds the descriptors this process holds, for no longer: it ends when this process
+    ends. `close` are those this process releases before its end (its GPU leases' locks): the
+    fork closes them.
+    """
+    global _early
+    if _proof is not None or _early is not None or not _forkable():
+        return False
+    server = mp_forkserver._forkserver  # type: ignore[attr-defined]
+    if not all(hasattr(server, name) for name in _SERVER_STATE) or server._forkserver_pid is not None:
+        return False  # not the multiprocessing this reads (3.10 to 3.13), or a server already runs
+    ranks.use_private_socket_folder()  # before the fork: the server listens there
+    report = os.path.join(report_dir, f"forkserver-{os.getpid()}-early.json")
+    listener = socket.socket(socket.AF_UNIX)
+    address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
+    listener.bind(address)
+    os.chmod(address, 0o600)
+    listener.listen()
+    alive_r, alive_w = os.pipe()  # the server ends when this process, the last holder of alive_w, ends
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # or both processes would write what is buffered
+    with environment.forkserver_environment(_WORKSPACE, report, list(PRELOAD), ()):
+        pid = os.fork()
+        if pid == 0:
+            _serve_from_fork(listener.fileno(), alive_r, alive_w, close)
+    os.close(alive_r)
+    listener.close()
+    server._forkserver_address, server._forkserver_alive_fd, server._forkserver_pid = address, alive_w, pid
+    _early = _Early(pid, report)
+    return True
+
+
+# What fork_early() sets in multiprocessing's ForkServer, as its ensure_running() does.
+_SERVER_STATE = ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid")
+
+
+def _forkable() -> bool:
+    """Whether a fork of this process may serve as the forkserver (see fork_early)."""
+    return threading.active_count() == 1 and all(name in sys.modules for name in PRELOAD)
+
+
+def _serve_from_fork(listener_fd: int, alive_r: int, alive_w: int, close: Sequence[int]) -> None:
+    """In the fork: multiprocessing's server loop, with the proof as its only preload. Never returns."""
+    code = 1
+    try:
+        os.close(alive_w)
+        for fd in close:
+            os.close(fd)
+        mp_forkserver.main(listener_fd, alive_r, [PROOF_MODULE])
+    except SystemExit:  # every client is gone: the server's normal end
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _stop_early() -> None:
+    """Ends an early server that could not be proven clean; multiprocessing forgets it."""
+    global _early
+    server = mp_forkserver._forkserver  # type: ignore[attr-defined]
+    os.close(server._forkserver_alive_fd)
+    assert _early is not None
+    try:
+        os.kill(_early.pid, signal.SIGKILL)
+        os.waitpid(_early.pid, 0)
+    except OSError:
+        pass
+    server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+    _early = None
+
+
+def start(report_dir: str) -> Proof:
+    """Proves the early server (fork_early), or starts a fresh one with PRELOAD; returns its proof.
+
+    An early server that is not clean is stopped and a fresh one started: this process may have
+    touched CUDA where a fresh import does not. Raises ForkserverError when a preload module
+    failed to import in the server (multiprocessing itself would go on silently, slower) or the
+    server died.
     """
     global _proof
     if _proof is not None:  # one server per run: its answer holds for every fork
@@ -60,11 +158,23 @@ def start(report_dir: str) -> Proof:
     preload = list(PRELOAD)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(preload + [PROOF_MODULE])
+    if _early is not None:
+        proof = _await_proof(context, preload, _early.report)
+        if proof.fork_safe:
+            _proof = proof
+            return _proof
+        _stop_early()
     ranks.use_private_socket_folder()
     report = os.path.join(report_dir, f"forkserver-{os.getpid()}.json")
     # The server's environment is this process's while ensure_running() starts it.
     with environment.forkserver_environment(_WORKSPACE, report, preload, _DRIVER_INITIALISING_VARIABLES):
         mp_forkserver.ensure_running()
+    _proof = _await_proof(context, preload, report)
+    return _proof
+
+
+def _await_proof(context: Any, preload: list[str], report: str) -> Proof:
+    """Waits until the server has finished its preload (it then forks a first process), and reads its proof."""
     try:
         first = context.Process(target=_started, name="forkserver-ready")
         first.start()
@@ -88,5 +198,4 @@ def start(report_dir: str) -> Proof:
         raise ForkserverError("the forkserver could not import its preload module(s): " + "; ".join(
             f"{name}: {error}" for name, error in found["import_errors"].items()))
     where = f" ({found['library']})" if found["library"] else ""
-    _proof = Proof(bool(found["fork_safe"]), f"the CUDA driver{where} is {found['driver']} in the forkserver")
-    return _proof
+    return Proof(bool(found["fork_safe"]), f"the CUDA driver{where} is {found['driver']} in the forkserver")

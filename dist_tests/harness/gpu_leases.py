@@ -50,6 +50,10 @@ class Lease:
     def names(self) -> str:
         return ",".join(map(str, self.gpus))
 
+    def fds(self) -> tuple[int, ...]:
+        """The held locks' descriptors: a fork of this process must not keep them (forkserver.fork_early)."""
+        return tuple(self._fds)
+
 
 def driver_gpus() -> list[int] | None:
     """The GPU indices the NVIDIA driver shows (0..N-1), or None on a host without the driver."""

@@ -1,10 +1,26 @@
-"""Preloaded in the forkserver after torch and before torch's suite: the run's plugin backend.
+"""The run's plugin backend, prepared when this module is imported: once per process.
 
-Forked ranks inherit the server's modules, so the backend a plugin package registers, and the
-features it declares to torch's suite, must be there before the server imports the suite
-(runner.prepare_plugin, as the entry point does in the parent and in spawned ranks).
+A backend shipped as its own package is registered with torch, and the features it declares
+told to torch's suite (plugins.py), after torch and before the suite, whose decorators read
+them. The entry point imports this (runner.prepare_plugin) in the parent and in spawned ranks;
+the forkserver preloads it, so forked ranks inherit it. The parent's import is also what lets a
+fork of the parent serve as the forkserver (forkserver.fork_early).
 """
 
-from dist_tests.harness import runner
+import os
 
-runner.prepare_plugin()
+from dist_tests.harness import plugins
+from dist_tests.harness.settings import exit_with_setup_error
+
+
+def _prepare() -> None:
+    plugin = plugins.for_backend(os.environ.get("BACKEND", ""))
+    if plugin is None:
+        return
+    try:
+        plugins.prepare(plugin)
+    except plugins.PluginError as error:
+        exit_with_setup_error(f"{error}\n  No rank was started.")
+
+
+_prepare()

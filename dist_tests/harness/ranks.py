@@ -11,7 +11,6 @@ spawned one does: atexit handlers run and Python's and C's stdio buffers are flu
 import atexit
 import ctypes
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dist_tests.harness import environment, faults, rank_reports
+from dist_tests.harness import cleanup, environment, faults, rank_reports
 from dist_tests.harness.environment import ATTEMPT
 
 
@@ -156,21 +155,6 @@ def socket_folder_base(env: Mapping[str, str] = os.environ) -> str:
                   f"(tried TMPDIR, {', '.join(_SOCKET_FOLDER_BASES)})")
 
 
-def _remove_on_sigterm(folder: str) -> None:
-    """Bazel ends a timed-out test with SIGTERM, which skips atexit: remove the folder, then die of it as before."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
-        if callable(previous):
-            previous(signum, frame)
-            return
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
 def use_private_socket_folder() -> str:
     """Binds multiprocessing's Unix sockets (the forkserver's) in a folder only this user can enter.
 
@@ -186,8 +170,8 @@ def use_private_socket_folder() -> str:
     if folder:
         return folder
     folder = tempfile.mkdtemp(prefix="dist_tests-", dir=socket_folder_base())  # mode 0700
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    _remove_on_sigterm(folder)
+    cleanup.remove_at_exit(folder)
+    cleanup.remove_on_sigterm(folder)
     original = connection.arbitrary_address
 
     def arbitrary_address(family: str) -> Any:

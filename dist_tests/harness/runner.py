@@ -18,7 +18,6 @@ from dist_tests.harness import (
     faults,
     gpu_leases,
     network,
-    plugins,
     selection,
     spawn_file,
 )
@@ -81,14 +80,10 @@ def configure() -> None:
 
 
 def prepare_plugin() -> None:
-    """After torch, before torch's suite, in every process: a plugin backend registered and described (plugins.py)."""
-    plugin = plugins.for_backend(os.environ.get("BACKEND", ""))
-    if plugin is None:
-        return
-    try:
-        plugins.prepare(plugin)
-    except plugins.PluginError as error:
-        die(f"{error}\n  No rank was started.")
+    """After torch, before torch's suite, in every process: a plugin backend registered and described.
+
+    plugin_preload.py does it when imported, once per process."""
+    from dist_tests.harness import plugin_preload  # noqa: F401
 
 
 def _check_network(settings: settings_lib.Settings) -> None:
@@ -195,6 +190,11 @@ def main(test_class: type) -> None:
 
     settings = RUN.settings
     assert settings is not None, "configure() must run first"
+    if RUN.start_method == "forkserver" and not RUN.skip_all_reason:
+        # Before anything below changes this process: its fork becomes the ranks' server, proven or
+        # replaced by _start_forkserver() once every check has passed.
+        from dist_tests.harness import forkserver
+        forkserver.fork_early(settings.work_dir, RUN.gpu_lease.fds() if RUN.gpu_lease else ())
     torch_internals.check_torch_internals()
     torch_internals.prepare_parent(budget.test_timeout_s)
 

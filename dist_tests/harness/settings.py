@@ -4,16 +4,14 @@ Everything here runs before torch is imported, so a bad setting fails in well un
 second with a message that says what to do.
 """
 
-import atexit
 import dataclasses
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
 from typing import NoReturn
 
-from dist_tests.harness import flight_records, matrix, plugins
+from dist_tests.harness import cleanup, flight_records, matrix, plugins
 
 START_METHODS = ("forkserver", "spawn")
 
@@ -197,7 +195,7 @@ def _work_dir(env: Mapping[str, str]) -> str:
     base = env.get("TEST_TMPDIR")
     if base is None:
         private = tempfile.mkdtemp(prefix="dist_tests-")
-        atexit.register(shutil.rmtree, private, ignore_errors=True)
+        cleanup.remove_at_exit(private)
         return private
     if not os.path.isdir(base):
         raise SettingsError(f"TEST_TMPDIR={base!r} is not a folder. Bazel creates it; by hand, unset it or create it.")
