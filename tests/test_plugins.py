@@ -40,6 +40,11 @@ LINE = (f'    struct(backend = "example", world_size = 2, device = "cpu", shard_
 WHEEL_LINE = ('    struct(backend = "example", world_size = 2, device = "cpu", name = "example_from_wheel", '
               'shard_count = 4, timeout = "moderate", plugin = {"features": ["subgroup"], "init_method": "tcp", '
               '"library": "@example_plugin//:library", "module": "example_backend"}),\n')
+# A second line of the backend whose own plugin module does not exist: its target must say so, not run example_2's.
+WRONG = "//dist_tests:example_wrong"
+WRONG_LINE = ('    struct(backend = "example", world_size = 2, device = "cpu", name = "example_wrong", '
+              'shard_count = 4, timeout = "moderate", plugin = {"library": "//tests/plugin:example_backend", '
+              '"module": "no_such_module"}),\n')
 # Why a test may skip on a backend of gloo's code where gloo's does not: a feature the line did
 # not declare (DDP), or the suite's own gate on a backend's name ("Only gloo ...", "one of {...}").
 NOT_DECLARED = ("the example backend does not support distributeddataparallel", "gloo",
@@ -86,7 +91,7 @@ def workspace(tmp_path_factory):
     copy = copy_workspace(tmp_path_factory.mktemp("plugin") / "workspace")
     text = table(copy).read_text()
     assert ANCHOR in text
-    table(copy).write_text(text.replace(ANCHOR, ANCHOR + LINE + WHEEL_LINE))
+    table(copy).write_text(text.replace(ANCHOR, ANCHOR + LINE + WHEEL_LINE + WRONG_LINE))
     write_wheel_lock(copy)
     with open(copy / "WORKSPACE", "a") as f:
         f.write('\nload("//tools/python_env:plugin_packages.bzl", "plugin_packages")\n\n'
@@ -165,6 +170,15 @@ def test_a_plugin_from_a_hash_pinned_wheel_lock_runs_and_a_changed_wheel_stops_t
         assert "Started process" not in bad.output
     finally:
         write_wheel_lock(workspace)
+
+
+def test_two_lines_of_one_backend_each_run_their_own_plugin(workspace):
+    # Each target reads its own line (DIST_TESTS_LINE), not its backend's first line in the table (example_2's).
+    run = bazel("test", WRONG, "--test_filter=test_get_backend", workspace=workspace)
+    assert run.returncode != 0
+    assert ("dist_tests: error: //dist_tests:example_wrong: its plugin module 'no_such_module' cannot be found"
+            in shard_log(WRONG, workspace=workspace))
+    assert "Started process" not in shard_log(WRONG, workspace=workspace)
 
 
 def test_a_malformed_plugin_field_fails_at_load_naming_the_line(workspace):

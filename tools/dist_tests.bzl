@@ -168,6 +168,27 @@ def dist_test_env(backend, world_size, device):
         env["DIST_TESTS_CPUS"] = str(world_size)
     return env
 
+def dist_test_line(target, cell):
+    """One matrix line as its target carries it: JSON in DIST_TESTS_LINE, which the harness reads.
+
+    The harness takes its run's line from its own target (dist_tests/harness/matrix.py), not by
+    looking the backend up in a table: two lines of one backend each run their own settings and
+    plugin, and lines declared in any package run the same way.
+
+    Args:
+      target: the line's target name.
+      cell: a line of the matrix.
+
+    Returns:
+      The JSON text of its name, backend, world size, device class, and `env` and `plugin` if any.
+    """
+    line = {"backend": cell.backend, "device": cell.device, "name": target, "world_size": cell.world_size}
+    if hasattr(cell, "env"):
+        line["env"] = cell.env
+    if getattr(cell, "plugin", None) != None:
+        line["plugin"] = cell.plugin
+    return json.encode(line)
+
 def dist_test_runs_here(cell, host = HOST):
     """Whether this host can run a matrix line, which makes it a test of the `host` suite.
 
@@ -211,6 +232,7 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
         if target in targets:
             fail("%s is the target of two lines of DIST_TEST_MATRIX: give one of them a `name`" % target)
         env = dist_test_env(cell.backend, cell.world_size, cell.device)
+        env["DIST_TESTS_LINE"] = dist_test_line(target, cell)
         line_env = getattr(cell, "env", {})
         for key in line_env:
             if key in env:

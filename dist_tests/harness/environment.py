@@ -6,7 +6,8 @@ Other modules read it; tests/test_layers.py checks that no other harness module 
 that every variable a harness module names is listed below.
 
 Read (set by Bazel, a target, or the user):
-  BACKEND, WORLD_SIZE, DIST_TESTS_DEVICE      the run's matrix line (each target sets them)
+  BACKEND, WORLD_SIZE, DIST_TESTS_DEVICE      the run's matrix cell (each target sets them)
+  DIST_TESTS_LINE                             the target's whole line, as JSON (matrix.py)
   TEST_TMPDIR, TEST_TIMEOUT, TEST_TARGET      Bazel's test protocol: work folder, deadline, label
   TEST_TOTAL_SHARDS, TEST_SHARD_INDEX, TEST_SHARD_STATUS_FILE, XML_OUTPUT_FILE,
   TEST_UNDECLARED_OUTPUTS_DIR, TESTBRIDGE_TEST_ONLY

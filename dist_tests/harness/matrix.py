@@ -1,20 +1,52 @@
-"""The target matrix as the harness sees it: its lines and device classes, read from the one table.
+"""The target matrix as the harness sees it: a run's own line, and the table's lines and device classes.
 
-`DIST_TEST_MATRIX` in tools/dist_tests.bzl is the only list of backends. Its lines are literal
+Under Bazel a target carries its own line: the matrix macro writes it, as JSON, into the
+target's DIST_TESTS_LINE (line_of_target), so two lines of one backend each run their own
+settings and plugin, and a line declared in another workspace's BUILD file runs as one of this
+table's does. By hand there is no target: the run's line is looked up in the table.
+
+`DIST_TEST_MATRIX` in tools/dist_tests.bzl is this workspace's table. Its lines are literal
 `struct(backend = ..., world_size = ..., device = ..., ...)` calls, which Python's own parser
 reads as well as Starlark's, so the harness knows the same backends and devices without a copy.
 Under Bazel the file is in the harness's runfiles; by hand it is in the workspace.
 """
 
 import ast
+import json
 import os
+from collections.abc import Mapping
 
 TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools",
                      "dist_tests.bzl")
 
 
+# The run's own line, as tools/dist_tests.bzl's dist_test_line() writes it.
+LINE_VARIABLE = "DIST_TESTS_LINE"
+_LINE_FIELDS = {"name": str, "backend": str, "world_size": int, "device": str}
+
+
 class MatrixError(Exception):
-    """The table cannot be read; the message says where and why."""
+    """The table, or a target's line, cannot be read; the message says where and why."""
+
+
+def line_of_target(env: Mapping[str, str]) -> dict | None:
+    """The line the running target was declared with (DIST_TESTS_LINE); None when run by hand."""
+    text = env.get(LINE_VARIABLE)
+    if not text:
+        return None
+    what = (f"{LINE_VARIABLE}={text!r} is not the line the matrix macro (tools/dist_tests.bzl) writes into each "
+            "target's environment")
+    try:
+        line = json.loads(text)
+    except ValueError as error:
+        raise MatrixError(f"{what}: {error}. Unset it, or run the target as declared.") from None
+    if not isinstance(line, dict):
+        raise MatrixError(f"{what}: not a JSON object. Unset it, or run the target as declared.")
+    for field, kind in _LINE_FIELDS.items():
+        if not isinstance(line.get(field), kind) or isinstance(line.get(field), bool):
+            raise MatrixError(f"{what}: its {field!r} must be a {kind.__name__}. Unset it, or run the target as "
+                              "declared.")
+    return line
 
 
 def _literal(tree: ast.Module, name: str, kind: type) -> ast.expr:

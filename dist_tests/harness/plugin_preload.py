@@ -9,17 +9,17 @@ fork of the parent serve as the forkserver (forkserver.fork_early).
 
 import os
 
-from dist_tests.harness import plugins
+from dist_tests.harness import matrix, plugins
 from dist_tests.harness.settings import exit_with_setup_error
 
 
 def _prepare() -> None:
-    plugin = plugins.for_backend(os.environ.get("BACKEND", ""))
-    if plugin is None:
-        return
     try:
+        plugin = plugins.for_run(os.environ)
+        if plugin is None:
+            return
         plugins.prepare(plugin)
-    except plugins.PluginError as error:
+    except (plugins.PluginError, matrix.MatrixError) as error:
         exit_with_setup_error(f"{error}\n  No rank was started.")
 
 

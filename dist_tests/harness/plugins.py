@@ -68,8 +68,16 @@ def from_line(line: Mapping[str, Any], target: str) -> Plugin | None:
     return Plugin(line["backend"], target, spec["module"], spec["library"], tuple(features), init_method)
 
 
+def for_run(env: Mapping[str, str]) -> Plugin | None:
+    """The run's plugin: its target's own line's (matrix.line_of_target); by hand, BACKEND's in the table."""
+    line = matrix.line_of_target(env)
+    if line is not None:
+        return from_line(line, env.get("TEST_TARGET") or f"//dist_tests:{line['name']}")
+    return for_backend(env.get("BACKEND", ""))
+
+
 def for_backend(backend: str, table: str | None = None) -> Plugin | None:
-    """The plugin of the backend's first line that has one (every line of a backend shares its package)."""
+    """By hand: the plugin of the backend's first line in the table that has one."""
     for line in matrix.lines(table):
         if line["backend"] == backend and "plugin" in line:
             return from_line(line, f"//dist_tests:{matrix.target_name(line)}")

@@ -205,12 +205,16 @@ def _work_dir(env: Mapping[str, str]) -> str:
     return base
 
 
-def _classes() -> tuple[dict[str, str], dict[str, int]]:
-    """{backend: device class} and {device class: fewest ranks}, from the matrix's table."""
+def _classes(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+    """{backend: device class} and {device class: fewest ranks}: the table's, and the target's own line's backend."""
     try:
-        return matrix.device_of_backends(), matrix.least_world_size()
+        backends, devices = matrix.device_of_backends(), matrix.least_world_size()
+        line = matrix.line_of_target(env)
     except matrix.MatrixError as error:
         raise SettingsError(str(error)) from None
+    if line is not None:
+        backends.setdefault(line["backend"], line["device"])
+    return backends, devices
 
 
 def device_class(env: Mapping[str, str] = os.environ) -> str:
@@ -218,16 +222,33 @@ def device_class(env: Mapping[str, str] = os.environ) -> str:
 
     tools/python asks it (by_hand.py) to choose the package set a command runs with.
     """
-    backends, devices = _classes()
+    backends, devices = _classes(env)
     return _device(env, _backend(env, backends), backends, devices)
 
 
 def cell(env: Mapping[str, str] = os.environ) -> tuple[str, str, int]:
     """(backend, device class, world size), checked as load() checks them: what decides the packages and GPUs."""
-    backends, devices = _classes()
+    backends, devices = _classes(env)
     backend = _backend(env, backends)
     device = _device(env, backend, backends, devices)
     return backend, device, _world_size(env, device, devices)
+
+
+def _run_line(env: Mapping[str, str], backend: str, world_size: int, device: str) -> dict:
+    """The run's matrix line: its target's own; by hand, the table's line of that cell ({}: the table has none)."""
+    try:
+        line = matrix.line_of_target(env)
+        if line is None:
+            return matrix.find_line(backend, world_size, device) or {}
+    except matrix.MatrixError as error:
+        raise SettingsError(str(error)) from None
+    declared = (line["backend"], line["world_size"], line["device"])
+    if declared != (backend, world_size, device):
+        raise SettingsError(
+            f"{env.get('TEST_TARGET') or line['name']} is declared as {declared[0]} with WORLD_SIZE={declared[1]} on "
+            f"{declared[2]}, but this run was given BACKEND={backend}, WORLD_SIZE={world_size} and "
+            f"DIST_TESTS_DEVICE={device} (by --test_env?). Run the target declared for that cell instead.")
+    return line
 
 
 def missing_gpus(backend: str, world_size: int, gpus: int) -> str | None:
@@ -248,15 +269,12 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         raise SettingsError(f"DIST_TESTS_START_METHOD={start_method!r}: use one of {', '.join(START_METHODS)} "
                             f"(unset: {DEFAULT_START_METHOD}, "
                             "falling back to spawn when the server cannot be proven clean).")
+    line = _run_line(env, backend, world_size, device)
     try:
-        line = matrix.find_line(backend, world_size, device) or {}
-    except matrix.MatrixError as error:
-        raise SettingsError(str(error)) from None
-    try:
-        plugin = plugins.for_backend(backend)
+        plugin = plugins.for_run(env)
         if plugin:
             plugins.check_findable(plugin)
-    except plugins.PluginError as error:
+    except (plugins.PluginError, matrix.MatrixError) as error:
         raise SettingsError(str(error)) from None
     _omp_threads(env)
     timeout = _positive_int(env, "TEST_TIMEOUT")
