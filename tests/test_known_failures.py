@@ -1,6 +1,8 @@
 """Known-failure lists on real runs: counted apart from skips, excused only for the failure
 they describe (an exception), and a list named explicitly must exist."""
 
+import json
+import os
 import subprocess
 
 import pytest
@@ -65,3 +67,42 @@ def test_a_named_list_that_does_not_exist_is_a_setup_error(tmp_path):
     log = shard_log(TARGET)
     assert f"DIST_TESTS_KNOWN_FAILURES='{missing}' does not exist" in log
     assert "Started process" not in log
+
+
+ENTRY = str(ROOT / "dist_tests" / "spawn_test.py")
+EXCLUSIONS_LABEL = "//vendor:gloo_exclusions.txt"
+
+
+def run_with_exclusions(python, tmp_path, exclusions: str, tests: list[str]) -> subprocess.CompletedProcess:
+    """The entry point by hand, as a target whose line names an exclusion list runs it (DIST_TESTS_LINE)."""
+    listing = tmp_path / "exclusions.txt"
+    listing.write_text(exclusions)
+    line = {"name": "gloo_2", "backend": "gloo", "world_size": 2, "device": "cpu",
+            "exclude": {"label": EXCLUSIONS_LABEL, "path": str(listing)}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_", "DIST_TESTS_", "BACKEND", "WORLD_SIZE"))}
+    env.update(BACKEND="gloo", WORLD_SIZE="2", DIST_TESTS_DEVICE="cpu", DIST_TESTS_LINE=json.dumps(line),
+               XML_OUTPUT_FILE=str(tmp_path / "test.xml"), TMPDIR=str(tmp_path))
+    args = [a for t in tests for a in ("-k", t)]
+    return subprocess.run([python, ENTRY, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_a_test_on_its_lines_exclusion_list_never_starts_and_is_counted_apart(python, tmp_path):
+    run = run_with_exclusions(python, tmp_path, "# hangs there\ntest_broadcast: hangs on this backend (its bug 12)\n"
+                              "test_scatter[3]: only at 3 ranks\n", ["test_all_reduce_sum", "test_broadcast",
+                                                                      "test_scatter"])
+    assert run.returncode == 0, run.stdout + run.stderr
+    cases = {c.name: c for c in testlogs.read_cases(tmp_path / "test.xml")}
+    assert (cases["test_broadcast"].outcome, cases["test_broadcast"].message) == (
+        "excluded", f"excluded ({EXCLUSIONS_LABEL}): hangs on this backend (its bug 12)")
+    assert cases["test_all_reduce_sum"].outcome == cases["test_scatter"].outcome == "passed"
+    assert "//dist_tests:gloo_2: 2 passed, 0 failed, 0 skipped, 0 known failures, 1 excluded," in run.stderr
+    assert run.stderr.count("Started process 0") == 2  # the two tests that ran; the excluded one started no rank
+
+
+def test_an_exclusion_list_naming_a_test_the_suite_lacks_stops_the_run(python, tmp_path):
+    run = run_with_exclusions(python, tmp_path, "test_broadcast: hangs\ntest_gone_from_torch: crashed\n",
+                              ["test_all_reduce_sum"])
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert (f"//dist_tests:gloo_2: its exclusion list {EXCLUSIONS_LABEL} names tests this suite does not have: "
+            "test_gone_from_torch. Fix or remove those lines.") in run.stderr
+    assert "Started process" not in run.stderr

@@ -45,6 +45,11 @@ WRONG = "//dist_tests:example_wrong"
 WRONG_LINE = ('    struct(backend = "example", world_size = 2, device = "cpu", name = "example_wrong", '
               'shard_count = 4, timeout = "moderate", plugin = {"library": "//tests/plugin:example_backend", '
               '"module": "no_such_module"}),\n')
+# A line with an exclusion list: a second gloo line at 2 ranks, whose test_broadcast never starts.
+EXCLUDING = "//dist_tests:gloo_excluding"
+EXCLUSIONS = "//third_party/plugins/example:exclusions.txt"
+EXCLUDING_LINE = ('    struct(backend = "gloo", world_size = 2, device = "cpu", name = "gloo_excluding", '
+                  f'shard_count = 4, timeout = "moderate", exclude = "{EXCLUSIONS}"),\n')
 # Why a test may skip on a backend of gloo's code where gloo's does not: a feature the line did
 # not declare (DDP), or the suite's own gate on a backend's name ("Only gloo ...", "one of {...}").
 NOT_DECLARED = ("the example backend does not support distributeddataparallel", "gloo",
@@ -80,7 +85,8 @@ def write_wheel_lock(workspace: pathlib.Path, sha256: str | None = None) -> None
     (folder / "wheels").mkdir(parents=True, exist_ok=True)
     wheel = example_wheel(folder / "wheels")
     digest = sha256 or hashlib.sha256(wheel.read_bytes()).hexdigest()
-    (folder / "BUILD.bazel").write_text('exports_files(["requirements_lock.txt"])\n')
+    (folder / "BUILD.bazel").write_text('exports_files(["requirements_lock.txt", "exclusions.txt"])\n')
+    (folder / "exclusions.txt").write_text("test_broadcast: hangs on this line (its bug 12)\n")
     (folder / "requirements_lock.txt").write_text(
         f"# python: 3.11\n--no-index\n--find-links wheels\nexample-backend==0.1 --hash=sha256:{digest}\n")
 
@@ -91,7 +97,7 @@ def workspace(tmp_path_factory):
     copy = copy_workspace(tmp_path_factory.mktemp("plugin") / "workspace")
     text = table(copy).read_text()
     assert ANCHOR in text
-    table(copy).write_text(text.replace(ANCHOR, ANCHOR + LINE + WHEEL_LINE + WRONG_LINE))
+    table(copy).write_text(text.replace(ANCHOR, ANCHOR + LINE + WHEEL_LINE + WRONG_LINE + EXCLUDING_LINE))
     write_wheel_lock(copy)
     with open(copy / "WORKSPACE", "a") as f:
         f.write('\nload("//tools/python_env:plugin_packages.bzl", "plugin_packages")\n\n'
@@ -179,6 +185,17 @@ def test_two_lines_of_one_backend_each_run_their_own_plugin(workspace):
     assert ("dist_tests: error: //dist_tests:example_wrong: its plugin module 'no_such_module' cannot be found"
             in shard_log(WRONG, workspace=workspace))
     assert "Started process" not in shard_log(WRONG, workspace=workspace)
+
+
+def test_a_lines_exclusion_list_keeps_its_tests_from_starting(workspace):
+    run = bazel("test", EXCLUDING, "--test_filter=test_all_reduce_sum test_broadcast", "--nocache_test_results",
+                workspace=workspace)
+    assert run.returncode == 0, run.output
+    assert outcomes(workspace, EXCLUDING) == {
+        "test_all_reduce_sum": ("passed", ""),
+        "test_broadcast": ("excluded", f"excluded ({EXCLUSIONS}): hangs on this line (its bug 12)")}
+    assert ("//dist_tests:gloo_excluding: 1 passed, 0 failed, 0 skipped, 0 known failures, 1 excluded,"
+            in shard_log(EXCLUDING, workspace=workspace))
 
 
 def test_a_malformed_plugin_field_fails_at_load_naming_the_line(workspace):

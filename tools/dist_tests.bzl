@@ -2,10 +2,10 @@
 
 `DIST_TEST_MATRIX` is the single source of the matrix: one line per target. Adding a backend
 or a world size is adding a line. `dist_test_matrix()` turns it into targets and suites, and
-passes each target's backend, world size and device class to the harness in its environment.
-The harness reads this table too (dist_tests/harness/matrix.py: the backends it accepts and,
-run by hand, each backend's device class, target name and environment), so its lines must
-stay literal `struct(...)` calls.
+passes each target its whole line in its environment (DIST_TESTS_LINE), which the harness runs.
+Run by hand, without a target, the harness reads this table (dist_tests/harness/matrix.py: the
+backends it accepts, each backend's device class, target name and environment), so its lines
+must stay literal `struct(...)` calls.
 """
 
 load("@dist_tests_gpu_scheduling//:scheduling.bzl", "GPU_EXCLUSIVE")
@@ -24,7 +24,8 @@ DEVICES = sorted(LEAST_WORLD_SIZE.keys())
 # minutes at most. Optional fields: `name`, the target's name when BACKEND_WORLDSIZE is taken
 # (a backend on both device classes names its GPU lines); `env`, variables its ranks get
 # (a user's --test_env wins); `plugin`, for a backend shipped as its own package (see
-# dist_test_plugin_deps below and docs/backends.md), for example:
+# dist_test_plugin_deps below and docs/backends.md); `exclude`, the label of a list of tests that
+# never start on the line (dist_test_exclusions below), for example:
 #   struct(backend = "example", world_size = 2, device = "cpu", shard_count = 4, timeout = "moderate",
 #          plugin = {"module": "example_backend", "library": "//tests/plugin:example_backend",
 #                    "features": ["ddp", "subgroup"], "init_method": "tcp"}),
@@ -180,14 +181,38 @@ def dist_test_line(target, cell):
       cell: a line of the matrix.
 
     Returns:
-      The JSON text of its name, backend, world size, device class, and `env` and `plugin` if any.
+      The JSON text of its name, backend, world size, device class, and `env`, `plugin` and
+      `exclude` if any (the exclusion list's label, and its path in the runfiles, which Bazel
+      expands in the target's env).
     """
     line = {"backend": cell.backend, "device": cell.device, "name": target, "world_size": cell.world_size}
     if hasattr(cell, "env"):
         line["env"] = cell.env
     if getattr(cell, "plugin", None) != None:
         line["plugin"] = cell.plugin
+    if hasattr(cell, "exclude"):
+        line["exclude"] = {"label": cell.exclude, "path": "$(rootpath %s)" % cell.exclude}
     return json.encode(line)
+
+def dist_test_exclusions(target, cell):
+    """The data a line's `exclude` adds to its target: the list of tests that never start on it.
+
+    Each of its lines is `test_name: reason` (or `test_name[3,4]: reason`, at those world
+    sizes only), as in dist_tests/known_failures/. Those tests are reported as skipped,
+    "excluded (LIST): reason", and counted apart; a name the suite does not have stops the run.
+
+    Args:
+      target: the line's target name, for messages.
+      cell: a line of the matrix.
+
+    Returns:
+      A list of labels: [] for a line without `exclude`.
+    """
+    if not hasattr(cell, "exclude"):
+        return []
+    if type(cell.exclude) != "string" or not cell.exclude:
+        fail("%s: `exclude` must be the label of a list file (test_name: reason, one a line)" % target)
+    return [cell.exclude]
 
 def dist_test_runs_here(cell, host = HOST):
     """Whether this host can run a matrix line, which makes it a test of the `host` suite.
@@ -243,7 +268,7 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
             srcs = [main],
             main = main,
             deps = deps + dist_test_plugin_deps(target, cell),
-            data = [dist_python_packages(cell.device)],
+            data = [dist_python_packages(cell.device)] + dist_test_exclusions(target, cell),
             env = env,
             shard_count = cell.shard_count,
             timeout = cell.timeout,

@@ -10,6 +10,9 @@ Blank lines and lines starting with '#' are ignored. A listed test still runs: w
 fails with an exception it is reported as a known failure with the reason (counted apart
 from skips); when it times out or a rank dies by a signal, it fails as usual; when it
 passes it fails loudly, so the list never outlives the bug.
+
+A matrix line's exclusion list (its `exclude`) has the same format, and its tests never start
+on that line: for a test that hangs or crashes the process there (load_exclusions).
 """
 
 import dataclasses
@@ -66,6 +69,16 @@ class KnownFailures:
         except (OSError, UnicodeDecodeError) as error:
             raise KnownFailuresError(f"{source}: cannot read it: {error}") from None
         return cls.parse(text, source, world_size)
+
+    @classmethod
+    def load_exclusions(cls, label: str, path: str, world_size: int) -> "KnownFailures":
+        """A line's exclusion list, which must exist: the matrix macro put it in the target's runfiles."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise KnownFailuresError(f"{label}: the line's exclusion list cannot be read ({error})") from None
+        return cls.parse(text, label, world_size)
 
     def reason(self, test_name: str) -> str | None:
         return self.reasons.get(test_name)

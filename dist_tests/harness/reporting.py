@@ -27,6 +27,7 @@ from absl.testing import xml_reporter
 
 from dist_tests.harness import shared
 from dist_tests.harness.shared import (
+    EXCLUDED_PREFIX,
     KNOWN_FAILURE_PREFIX,
     NETWORK_PROPERTY,
     NOT_RUN_PREFIX,
@@ -90,6 +91,7 @@ class _Result(xml_reporter._TextAndXMLTestResult):
         self._not_run: list[str] = []  # did not start for lack of time
         self._summaries = 0  # errors that stand for the run as a whole
         self._known = 0
+        self._excluded = 0  # skipped by the line's exclusion list: never started
         self._flaky: list[str] = []  # passed only on a rerun
 
     def _note_failure(self, test: Any, err: Any) -> None:
@@ -106,6 +108,8 @@ class _Result(xml_reporter._TextAndXMLTestResult):
         super().addSkip(test, reason)
         if reason.startswith(KNOWN_FAILURE_PREFIX):
             self._known += 1
+        elif reason.startswith(EXCLUDED_PREFIX):
+            self._excluded += 1
 
     def addSuccess(self, test: Any) -> None:
         super().addSuccess(test)
@@ -159,9 +163,9 @@ class _Result(xml_reporter._TextAndXMLTestResult):
             # The report's rerun commands carry them too.
             self.suite._testsuites_properties[TORCH_FLAGS_PROPERTY] = RUN.settings.torch_flags
         super().stopTestRun()
-        reasons = collections.Counter(reason for _, reason in self.skipped
-                                      if not reason.startswith(KNOWN_FAILURE_PREFIX))
-        known = collections.Counter(reason for _, reason in self.skipped if reason.startswith(KNOWN_FAILURE_PREFIX))
+        apart = (KNOWN_FAILURE_PREFIX, EXCLUDED_PREFIX)  # counted apart from skips, each listed with its reason
+        reasons = collections.Counter(reason for _, reason in self.skipped if not reason.startswith(apart))
+        known = collections.Counter(reason for _, reason in self.skipped if reason.startswith(apart))
         failed = len(self.failures) + len(self.errors) - self._summaries - len(self._not_run)
         passed = self.testsRun - len(self.failures) - len(self.errors) - len(self.skipped)
         self.stream.writeln("")
@@ -176,8 +180,10 @@ class _Result(xml_reporter._TextAndXMLTestResult):
         if self._flaky:
             self.stream.writeln(f"Flaky, passed only on a rerun: {', '.join(self._flaky)}")
         self.stream.writeln(f"{_target()}: {passed} passed, {failed} failed, "
-                            f"{len(self.skipped) - self._known} skipped, "
-                            f"{self._known} known failures, {len(self._not_run)} did not run, {len(self._flaky)} flaky"
+                            f"{len(self.skipped) - self._known - self._excluded} skipped, "
+                            f"{self._known} known failures, "
+                            + (f"{self._excluded} excluded, " if self._excluded else "")
+                            + f"{len(self._not_run)} did not run, {len(self._flaky)} flaky"
                             + (f", on leased GPUs {RUN.gpu_lease.names()}" if RUN.gpu_lease else "")
                             + (", ranks by spawn after a forkserver fallback" if RUN.start_method_fallback else ""))
         if RUN.start_method_fallback:

@@ -210,6 +210,16 @@ def main(test_class: type) -> None:
     unknown = RUN.known.unknown_names(_test_names(test_class))
     if unknown:
         die(f"{source} lists tests this suite does not have: {', '.join(unknown)}. Fix or remove those lines.")
+    if settings.exclusions:
+        label, path = settings.exclusions
+        try:
+            RUN.excluded = KnownFailures.load_exclusions(label, path, settings.world_size)
+        except KnownFailuresError as error:
+            die(f"{settings.target}: {error}")
+        stale = RUN.excluded.unknown_names(_test_names(test_class))
+        if stale:
+            die(f"{settings.target}: its exclusion list {label} names tests this suite does not have: "
+                f"{', '.join(stale)}. Fix or remove those lines.")
 
     missing = _missing_hardware(settings.backend, settings.world_size, settings.uses_gpu)
     if missing:

@@ -69,6 +69,7 @@ class Settings:
     plugin: plugins.Plugin | None = None  # a backend shipped as its own package (its line's `plugin`)
     # The variables that turn torch's flight recorder on in the ranks ({}: the user set them); None: off.
     recorder_env: Mapping[str, str] | None = None
+    exclusions: tuple[str, str] | None = None  # the line's exclusion list: (its label, its path here)
 
     @property
     def uses_gpu(self) -> bool:
@@ -303,5 +304,17 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         reruns=_reruns(env),
         plugin=plugin,
         recorder_env=recorder_env,
+        exclusions=_exclusions(line),
     )
+
+
+def _exclusions(line: Mapping) -> tuple[str, str] | None:
+    """The line's `exclude`, as the matrix macro writes it: the list's label and its path in the runfiles."""
+    value = line.get("exclude")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) and value[k] for k in ("label", "path")):
+        raise SettingsError(f"{line.get('name', 'the line')}: its `exclude` must be the label of a list file, as the "
+                            f"matrix macro writes it (got {value!r})")
+    return value["label"], value["path"]
 

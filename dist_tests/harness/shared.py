@@ -9,6 +9,7 @@ import socket
 
 # Message prefixes of tests that did not pass and did not plainly skip.
 KNOWN_FAILURE_PREFIX = "known failure"
+EXCLUDED_PREFIX = "excluded ("  # a test its line's exclusion list keeps from starting: "excluded (LIST): reason"
 NOT_RUN_PREFIX = "did not run"
 # The test.xml property (of <testsuites>) that says how ranks started, and the start of its value
 # when they fell back from the forkserver to spawn.

@@ -15,6 +15,7 @@ from dist_tests.harness.shared import FALLBACK_PREFIX
 class Run:
     settings: Settings | None = None
     known: KnownFailures = KnownFailures.empty()
+    excluded: KnownFailures = KnownFailures.empty()  # the line's exclusion list: tests that never start here
     skip_all_reason: str | None = None
     filter_text: str = ""  # the --test_filter (or -k) words as given
     selected_total: int = -1  # tests the filter selects across all shards; -1 = no filter

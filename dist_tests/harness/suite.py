@@ -21,7 +21,7 @@ from torch.testing._internal.common_distributed import MultiProcessTestCase
 from dist_tests.harness import environment, flight_records, rank_reports, ranks, reruns, shared
 from dist_tests.harness.budget import NotRunForTime, time_too_short_message, timeout_cut_note
 from dist_tests.harness.environment import ATTEMPT
-from dist_tests.harness.shared import KNOWN_FAILURE_PREFIX
+from dist_tests.harness.shared import EXCLUDED_PREFIX, KNOWN_FAILURE_PREFIX
 from dist_tests.harness.state import RUN
 from dist_tests.harness.torch_internals import BAD_FORK_EXIT_CODE
 
@@ -61,6 +61,9 @@ class SpawnHarness:
     def setUp(self) -> None:
         if RUN.skip_all_reason:
             raise unittest.SkipTest(RUN.skip_all_reason)
+        excluded = RUN.excluded.reason(self._testMethodName)  # type: ignore[attr-defined]
+        if excluded is not None:  # never started on this line: it hangs or crashes there
+            raise unittest.SkipTest(f"{EXCLUDED_PREFIX}{RUN.excluded.source}): {excluded}")
         too_short = time_too_short_message()
         if too_short:
             raise NotRunForTime(too_short)

@@ -104,6 +104,7 @@ class TargetResult:
     flaky: int = 0  # tests among the passed that passed only on a rerun (DIST_TESTS_RERUNS)
     skipped: int = 0
     known: int = 0  # known failures (dist_tests/known_failures), apart from skips
+    excluded: int = 0  # tests the line's exclusion list kept from starting, apart from skips
     failed: int = 0
     not_run: int = 0  # tests that did not start for lack of time
     timed_out: int = 0  # shards that Bazel stopped at their timeout
@@ -158,6 +159,9 @@ def _count(result: TargetResult, attempt: testlogs.Attempt) -> None:
         elif case.outcome == "known failure":
             result.known += 1
             result.skip_reasons[case.message] += 1
+        elif case.outcome == "excluded":
+            result.excluded += 1
+            result.skip_reasons[case.message] += 1
         elif case.outcome == "skipped":
             result.skipped += 1
             result.skip_reasons[case.message or "(no reason)"] += 1
@@ -178,7 +182,7 @@ def read_target(invocation: testlogs.Invocation, cell: Cell) -> TargetResult:
         _count(result, attempt)
     if result.problems and result.status == "passed":
         result.status = "error"
-    elif result.status == "passed" and result.skipped + result.known and not result.passed:
+    elif result.status == "passed" and result.skipped + result.known + result.excluded and not result.passed:
         result.status = "all skipped"  # passed only because skipping was allowed
     return result
 
@@ -287,6 +291,7 @@ def html_page(results: list[TargetResult], invocation: testlogs.Invocation | Non
                 continue
             css = "not-run" if not r.ran else r.status.replace(" ", "-")
             extra = "".join(f", {n} {word}" for n, word in ((r.flaky, "flaky"), (r.known, "known failures"),
+                                                            (r.excluded, "excluded"),
                                                             (r.not_run, "did not run"), (r.timed_out, "timed out"))
                             if n)
             counts = "" if not r.ran else (

@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 
 # The message prefixes and the property the harness writes into test.xml (FALLBACK_PREFIX: for the report).
 from dist_tests.harness.shared import (  # noqa: F401
+    EXCLUDED_PREFIX,
     FALLBACK_PREFIX,
     KNOWN_FAILURE_PREFIX,
     NOT_RUN_PREFIX,
@@ -40,7 +41,9 @@ class EventsError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    outcome: str  # passed, flaky (passed on a rerun, DIST_TESTS_RERUNS), failed, skipped, known failure, not run
+    # passed, flaky (passed on a rerun, DIST_TESTS_RERUNS), failed, skipped, known failure, excluded (by its
+    # line's exclusion list: it never started), not run
+    outcome: str
     message: str
 
 
@@ -249,7 +252,8 @@ def read_cases(xml_path: pathlib.Path) -> list[Case]:
                 outcome = "not run" if text.startswith(NOT_RUN_PREFIX) else "failed"
                 message = text
             elif child.tag == "skipped" and outcome in ("passed", "flaky"):
-                outcome = "known failure" if text.startswith(KNOWN_FAILURE_PREFIX) else "skipped"
+                outcome = ("known failure" if text.startswith(KNOWN_FAILURE_PREFIX) else
+                           "excluded" if text.startswith(EXCLUDED_PREFIX) else "skipped")
                 message = text
             elif child.tag in ("flakyFailure", "flakyError") and outcome == "passed":
                 outcome, message = "flaky", text  # the harness writes these only for a test that passed in the end
