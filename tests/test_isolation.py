@@ -8,8 +8,6 @@ import shutil
 import subprocess
 import tempfile
 
-import pytest
-
 from conftest import ROOT, bazel, output_base, results, shard_log, testlogs
 from dist_tests.harness import network
 from dist_tests.harness.shared import NETWORK_PROPERTY
@@ -66,8 +64,6 @@ def test_a_run_from_a_checkout_under_tmp_writes_nothing_outside_its_own_folders(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-# Its 20 runs use the checkout's server, any checkout's: tools/selftest runs it beside the others.
-@pytest.mark.second_lane
 def test_smoke_subset_in_parallel_ten_times_has_no_failure():
     """Over 2 minutes here because it must be: 20 real runs (two targets, ten times each, in parallel) are what
     can show a rare collision of ports or folders between concurrent runs."""
