@@ -64,6 +64,8 @@ class _Early:
 
 
 _early: _Early | None = None
+# What fork_early() sets in multiprocessing's ForkServer, as its ensure_running() does.
+_SERVER_STATE = ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid")
 
 
 def fork_early(report_dir: str, close: Sequence[int] = ()) -> bool:
@@ -104,10 +106,6 @@ def fork_early(report_dir: str, close: Sequence[int] = ()) -> bool:
     server._forkserver_address, server._forkserver_alive_fd, server._forkserver_pid = address, alive_w, pid
     _early = _Early(pid, report)
     return True
-
-
-# What fork_early() sets in multiprocessing's ForkServer, as its ensure_running() does.
-_SERVER_STATE = ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid")
 
 
 def _forkable() -> bool:
