@@ -258,6 +258,23 @@ def test_an_action_no_worker_can_take_fails_quickly_naming_why(cluster, platform
     assert message in run.output, run.output[-3000:]
 
 
+def test_a_job_waiting_for_a_busy_worker_of_its_pool_waits_past_the_queue_timeout(cluster):
+    """Two runs of a test that holds its worker longer than the queue timeout, sent at once to the one
+    worker of the gpu pool: the second waits for the first instead of failing as if the pool had none."""
+    wait_s = QUEUE_TIMEOUT_S + 10  # past the timeout and the server's 5 s check period
+    target = "//tests:holds_a_worker_test"
+    # Without Bazel's retry, which would hide a job failed at the timeout by queueing it again.
+    run = bazel("test", target, "--runs_per_test=2", f"--test_env=WAIT_S={wait_s}", "--nocache_test_results",
+                *cluster.flags, "--//tools/platforms:remote=//tests:remote_gpu_pool", *JOBS, "--remote_retries=0",
+                timeout=4 * wait_s + 120)
+    assert run.returncode == 0, run.output[-3000:]
+    # Each run is two actions: the test, then Bazel's XML writer for a test that wrote none.
+    held = [a for a in cluster.actions()
+            if a.target == target and float(re.search(r" exec_s=(\S+)", a.rest)[1]) >= wait_s]
+    assert [(a.pool, a.worker) for a in held] == [("gpu", "gpu-1")] * 2, held
+    assert all(" exit=0 " in a.rest for a in held)
+
+
 def test_a_wrong_endpoint_fails_at_once():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
