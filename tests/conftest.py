@@ -52,9 +52,13 @@ class Run:
 
 def bazel(*args: str, startup: tuple[str, ...] = (), env: dict | None = None, timeout: int = 900,
           workspace: pathlib.Path = ROOT) -> Run:
-    """Runs tools/bazel in the workspace (this one, or a copy); returns its exit code and combined output."""
+    """Runs the workspace's tools/bazel (this one's, or a copy's) in it; returns its exit code and combined output.
+
+    A workspace without one (a workspace of one's own that declares this one) runs this checkout's launcher.
+    """
+    launcher = workspace / "tools" / "bazel"
     proc = subprocess.run(
-        [str(workspace / "tools" / "bazel"), *startup, *args],
+        [str(launcher if launcher.exists() else BAZEL), *startup, *args],
         cwd=workspace,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,

@@ -18,7 +18,7 @@ HANDOFFS = {
 
 def named_in_code() -> set[str]:
     files = [p for folder in ("dist_tests", "tools") for p in (ROOT / folder).rglob("*") if p.is_file()]
-    files += [ROOT / ".bazelrc", ROOT / "WORKSPACE"]
+    files += [ROOT / ".bazelrc", ROOT / "WORKSPACE"]  # tools/ holds dist_tests.bazelrc and deps.bzl
     return {name for path in files for name in re.findall(r"DIST_TESTS_[A-Z0-9_]+", path.read_text(errors="ignore"))}
 
 

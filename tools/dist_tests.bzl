@@ -50,6 +50,34 @@ DIST_TEST_MATRIX = [
     }),
 ]
 
+def dist_test_line(backend, world_size, device, shard_count, timeout, name = None, env = None, plugin = None, exclude = None):
+    """One matrix line, for a BUILD file of one's own (where `struct` is not available).
+
+    The same fields as a line of DIST_TEST_MATRIX; an optional field left None is absent, as if
+    the line had not named it. For example, in a workspace that declares this one (tools/deps.bzl):
+
+        dist_test_matrix(name = "all", matrix = [
+            dist_test_line("xccl", 2, "cpu", shard_count = 4, timeout = "moderate", plugin = {...}),
+        ])
+
+    Args:
+      backend: the backend's name.
+      world_size: the number of ranks.
+      device: the device class its ranks need (a key of LEAST_WORLD_SIZE).
+      shard_count: the target's shards.
+      timeout: Bazel's timeout for one shard.
+      name: the target's name when BACKEND_WORLDSIZE is taken.
+      env: variables its ranks get.
+      plugin: a backend shipped as its own package (dist_test_plugin_deps).
+      exclude: the label of a list of tests that never start on the line (dist_test_exclusions).
+
+    Returns:
+      The line.
+    """
+    optional = {"env": env, "exclude": exclude, "name": name, "plugin": plugin}
+    fields = {key: value for key, value in optional.items() if value != None}
+    return struct(backend = backend, world_size = world_size, device = device, shard_count = shard_count, timeout = timeout, **fields)
+
 def dist_test_name(cell):
     """The target name of one matrix line: its `name`, else BACKEND_WORLDSIZE.
 
@@ -169,7 +197,7 @@ def dist_test_env(backend, world_size, device):
         env["DIST_TESTS_CPUS"] = str(world_size)
     return env
 
-def dist_test_line(target, cell):
+def dist_test_line_json(target, cell):
     """One matrix line as its target carries it: JSON in DIST_TESTS_LINE, which the harness reads.
 
     The harness takes its run's line from its own target (dist_tests/harness/matrix.py), not by
@@ -233,14 +261,22 @@ def dist_test_runs_here(cell, host = HOST):
         return False
     return cell.device != "gpu" or cell.world_size <= host.gpus
 
-def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
+# The entry point and the harness it imports: this repository's own, whichever workspace's BUILD
+# file calls the macro (Label() resolves them here, not in the caller's repository).
+_ENTRY_POINT = Label("//dist_tests:spawn_test.py")
+_HARNESS = Label("//dist_tests:harness")
+
+def dist_test_matrix(name, matrix = DIST_TEST_MATRIX, main = _ENTRY_POINT, deps = [_HARNESS]):
     """Declares one py_test per matrix line, and test_suites per backend, for cpu, gpu, all and this host.
+
+    Called in this repository's dist_tests/BUILD.bazel with the table above, or in any package of
+    a workspace that declares this one as @dist_tests (tools/deps.bzl) with lines of its own.
 
     Args:
       name: the name of the suite of every target.
-      main: the entry point that runs the spawn suite.
-      deps: libraries the entry point imports.
       matrix: the lines to declare; defaults to DIST_TEST_MATRIX.
+      main: the entry point that runs the spawn suite; defaults to dist_tests/spawn_test.py.
+      deps: libraries the entry point imports; defaults to the harness.
     """
     targets = []
     for cell in matrix:
@@ -257,7 +293,7 @@ def dist_test_matrix(name, main, deps = [], matrix = DIST_TEST_MATRIX):
         if target in targets:
             fail("%s is the target of two lines of DIST_TEST_MATRIX: give one of them a `name`" % target)
         env = dist_test_env(cell.backend, cell.world_size, cell.device)
-        env["DIST_TESTS_LINE"] = dist_test_line(target, cell)
+        env["DIST_TESTS_LINE"] = dist_test_line_json(target, cell)
         line_env = getattr(cell, "env", {})
         for key in line_env:
             if key in env:

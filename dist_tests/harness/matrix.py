@@ -20,7 +20,7 @@ TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abs
                      "dist_tests.bzl")
 
 
-# The run's own line, as tools/dist_tests.bzl's dist_test_line() writes it.
+# The run's own line, as tools/dist_tests.bzl's dist_test_line_json() writes it.
 LINE_VARIABLE = "DIST_TESTS_LINE"
 _LINE_FIELDS = {"name": str, "backend": str, "world_size": int, "device": str}
 

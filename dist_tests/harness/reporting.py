@@ -27,6 +27,7 @@ from absl.testing import xml_reporter
 
 from dist_tests.harness import shared
 from dist_tests.harness.shared import (
+    CELL_PROPERTY,
     EXCLUDED_PREFIX,
     KNOWN_FAILURE_PREFIX,
     NETWORK_PROPERTY,
@@ -157,6 +158,9 @@ class _Result(xml_reporter._TextAndXMLTestResult):
             )
         # The start method in the XML too (tools/results/report.py lists fallbacks): a testsuites property.
         self.suite._testsuites_properties[START_METHOD_PROPERTY] = RUN.start_method_note()
+        if RUN.settings:  # the report lists the target by it wherever its line was declared
+            cell = (RUN.settings.backend, RUN.settings.world_size, RUN.settings.device)
+            self.suite._testsuites_properties[CELL_PROPERTY] = "%s:%d:%s" % cell
         if RUN.network_shared:  # said once at the start of the log; kept with the results too
             self.suite._testsuites_properties[NETWORK_PROPERTY] = SHARED_NETWORK
         if RUN.settings and RUN.settings.torch_flags:

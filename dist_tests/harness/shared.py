@@ -22,6 +22,9 @@ TORCH_FLAGS_PROPERTY = "dist_tests_torch_flags"
 # (its block-network tag did nothing, dist_tests/harness/network.py), and its value.
 NETWORK_PROPERTY = "dist_tests_network"
 SHARED_NETWORK = "the Bazel server's (no network namespace of its own)"
+# The test.xml property that names the run's cell, BACKEND:WORLD_SIZE:DEVICE: the report finds by it the
+# targets of lines declared in any package or workspace, which its own table does not list.
+CELL_PROPERTY = "dist_tests_cell"
 # The line that says where every rank of a hung or failed test is (flight_records.py); the report shows it.
 FLIGHT_RECORDER_PREFIX = "flight recorder:"
 

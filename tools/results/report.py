@@ -92,6 +92,27 @@ def parse_matrix(text: str) -> list[Cell]:
     return cells
 
 
+def cells_declared_elsewhere(invocation: testlogs.Invocation, listed: list[Cell]) -> list[Cell]:
+    """The invocation's targets of matrix lines that `listed` lacks (a package's or workspace's own lines), by label.
+
+    The harness names each run's cell in its test.xml (CELL_PROPERTY); a target without it is not the harness's.
+    """
+    have = {f"//dist_tests:{cell.name}" for cell in listed}
+    found = []
+    for label, target in sorted(invocation.targets.items()):
+        if label in have:
+            continue
+        for attempt in target.final_attempts():
+            try:
+                cell = testlogs.read_cell(attempt.xml) if attempt.xml else None
+            except (OSError, ET.ParseError):
+                continue  # its row would say so; one readable shard names the cell
+            if cell:
+                found.append(Cell(label, *cell))
+                break
+    return found
+
+
 @dataclasses.dataclass
 class TargetResult:
     name: str
@@ -119,7 +140,8 @@ class TargetResult:
 
     @property
     def label(self) -> str:
-        return f"//dist_tests:{self.name}"
+        # A line declared in another package or workspace is named by its whole label (cells_declared_elsewhere).
+        return self.name if self.name.startswith(("//", "@")) else f"//dist_tests:{self.name}"
 
     @property
     def ran(self) -> bool:
@@ -348,7 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     except testlogs.EventsError as error:
         print(f"report: {error}", file=sys.stderr)
         invocation = None
-    results = [read_target(invocation or testlogs.Invocation(args.events), cell) for cell in args.matrix]
+    cells = args.matrix
+    elsewhere = cells_declared_elsewhere(invocation, args.matrix) if invocation else []
+    if elsewhere:
+        # Run from a workspace of one's own, this table's targets are not that workspace's: rows only if tested.
+        tested = [c for c in args.matrix if f"//dist_tests:{c.name}" in invocation.targets]
+        cells = tested + elsewhere
+    results = [read_target(invocation or testlogs.Invocation(args.events), cell) for cell in cells]
     print(terminal_table(results, invocation))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text(markdown(results, invocation))

@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 
 # The message prefixes and the property the harness writes into test.xml (FALLBACK_PREFIX: for the report).
 from dist_tests.harness.shared import (  # noqa: F401
+    CELL_PROPERTY,
     EXCLUDED_PREFIX,
     FALLBACK_PREFIX,
     KNOWN_FAILURE_PREFIX,
@@ -234,6 +235,15 @@ def read_property(xml_path: pathlib.Path, name: str) -> str | None:
 def read_start_method(xml_path: pathlib.Path) -> str | None:
     """How the run's ranks started (the harness's START_METHOD_PROPERTY), a fallback included; None if unsaid."""
     return read_property(xml_path, START_METHOD_PROPERTY)
+
+
+def read_cell(xml_path: pathlib.Path) -> tuple[str, int, str] | None:
+    """The run's (backend, world size, device class), as the harness wrote it (CELL_PROPERTY); None if unsaid."""
+    value = read_property(xml_path, CELL_PROPERTY) or ""
+    fields = value.split(":")
+    if len(fields) != 3 or not fields[1].isdigit():
+        return None
+    return fields[0], int(fields[1]), fields[2]
 
 
 def read_torch_flags(xml_path: pathlib.Path) -> str:
