@@ -155,13 +155,19 @@ def requirements_only(lock: str) -> str:
 def main(uv: str, lock: str, target: str, python: str = sys.executable) -> int:
     """Installs lock into target for python (an environment made with uv may lack pip: this script's
     interpreter, which has it, says what pip's configuration is)."""
+    return install(uv, lock, python, target)
+
+
+def install(uv: str, lock: str, python: str, target: str | None = None) -> int:
+    """Installs lock for python into target, or into python's own environment (a venv: its scripts too) when None;
+    returns uv's exit code, having printed what went wrong and what to do."""
     config = pip_config(sys.executable)
     env = clean_environ()
     if config.get("cert"):
         env["SSL_CERT_FILE"] = config["cert"]
     sources = uv_source_args(*lock_indexes(lock), config)
     command = [
-        uv, "pip", "install", "--no-progress", "--python", python, "--target", target,
+        uv, "pip", "install", "--no-progress", "--python", python, *(["--target", target] if target else []),
         "--require-hashes", "--no-deps", "--only-binary", ":all:", "--no-compile",
         # Every source is weighed for every pin, as pip does; the hashes decide what is installed.
         "--index-strategy", "unsafe-best-match",
