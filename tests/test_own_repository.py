@@ -118,13 +118,20 @@ def test_a_second_line_of_a_backend_runs_its_own_plugin(vendor):
      'xccl_2: device "xpu" is not one of ["cpu", "gpu"]'),
     ('dist_test_line("gloo", 1, "cpu", name = "bad_1", shard_count = 1, timeout = "short")',
      "bad_1: world_size 1: a cpu line needs an integer >= 2"),
+    # A line of a .bzl file's own, where `struct` is at hand, without its shards and timeout.
+    ('struct(backend = "gloo", world_size = 2, device = "cpu")',
+     "a line of the matrix has no shard_count, timeout"),
 ])
 def test_a_bad_line_of_ones_own_stops_the_build_when_it_loads_naming_it(vendor, line, message):
     package = vendor / "bad"
     package.mkdir(exist_ok=True)
+    (package / "lines.bzl").write_text(
+        'load("@dist_tests//tools:dist_tests.bzl", "dist_test_line")\n\n'
+        f'LINES = [{line}]\n')
     (package / "BUILD.bazel").write_text(
-        'load("@dist_tests//tools:dist_tests.bzl", "dist_test_line", "dist_test_matrix")\n\n'
-        f'dist_test_matrix(name = "all", matrix = [{line}])\n')
+        'load("@dist_tests//tools:dist_tests.bzl", "dist_test_matrix")\n'
+        'load(":lines.bzl", "LINES")\n\n'
+        'dist_test_matrix(name = "all", matrix = LINES)\n')
     try:
         run = bazel("query", "//bad:all", workspace=vendor, timeout=300)
     finally:

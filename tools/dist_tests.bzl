@@ -261,6 +261,9 @@ def dist_test_runs_here(cell, host = HOST):
         return False
     return cell.device != "gpu" or cell.world_size <= host.gpus
 
+# The fields every line gives (dist_test_line's positional ones).
+_LINE_FIELDS = ["backend", "world_size", "device", "shard_count", "timeout"]
+
 # The entry point and the harness it imports: this repository's own, whichever workspace's BUILD
 # file calls the macro (Label() resolves them here, not in the caller's repository).
 _ENTRY_POINT = Label("//dist_tests:spawn_test.py")
@@ -280,6 +283,9 @@ def dist_test_matrix(name, matrix = DIST_TEST_MATRIX, main = _ENTRY_POINT, deps 
     """
     targets = []
     for cell in matrix:
+        missing = [field for field in _LINE_FIELDS if not hasattr(cell, field)]
+        if missing:
+            fail("a line of the matrix has no %s: %s (each line needs %s)" % (", ".join(missing), cell, ", ".join(_LINE_FIELDS)))
         target = dist_test_name(cell)
         if cell.device not in DEVICES:
             fail("%s: device %r is not one of %s" % (target, cell.device, DEVICES))
