@@ -273,3 +273,19 @@ def test_the_harness_installs_and_loads_on_each_python_of_the_range(base, versio
          str(external / "site-packages"), *sources], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "9.2.0"
+
+
+def test_a_python_without_a_cpu_lock_gives_the_cpu_targets_the_gpu_lock_and_says_so(base, tmp_path):
+    """A 3.12 workstation: no CPU lock for its Python (the CPU build is not on PyPI), so its cpu targets take the gpu
+    lock, saying so once. pip is shown no index here, so the fetch stops at the install instead of downloading the
+    CUDA wheels: what is checked is the choice and the words."""
+    python = other_python("3.12")
+    if python is None:
+        pytest.skip("no CPython 3.12 on this machine (PATH or pyenv)")
+    assert not (ROOT / "third_party" / "python" / "requirements_cpu_py3.12_lock.txt").exists()
+    fetch = bazel("fetch", "@dist_python_cpu//:site_packages", f"--repo_env=DIST_TESTS_PYTHON={python}",
+                  "--repo_env=PIP_CONFIG_FILE=/dev/null", "--repo_env=PIP_NO_INDEX=1",
+                  f"--repo_env=PIP_FIND_LINKS={tmp_path}", startup=base[0], workspace=base[2])
+    said = [line for line in fetch.output.splitlines() if "python_env: Python 3.12 has no cpu lock" in line]
+    assert len(said) == 1, fetch.output[-3000:]
+    assert "the cpu targets install //third_party/python:requirements_gpu_py3.12_lock.txt instead" in said[0]

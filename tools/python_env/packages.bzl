@@ -203,6 +203,9 @@ def _install(rctx, python, pip_python, lock, requirements, torch_wheel):
     site = str(rctx.path("site-packages"))
     run(rctx, [python.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-s", site, "-p", "/site-packages", site], "compileall", ok_codes = [0, 1], environment = {"PYTHONHASHSEED": "0"})
 
+# What a device class's packages are installed from when the host's Python has no lock of its own.
+_FALLBACK_LOCKS = {"cpu": [LOCKS["gpu"]]}
+
 def _python_packages_impl(rctx):
     interpreter_torch = uses_interpreter_torch(rctx)
     if interpreter_torch:
@@ -210,8 +213,18 @@ def _python_packages_impl(rctx):
         python = host_python(rctx, lock)
     else:
         # The lock of the host's Python (one per Python); none for it stops here, before any test.
-        python = locked_python(rctx, [LOCKS[rctx.attr.device]], "the %s targets' packages" % rctx.attr.device)
+        # The cpu class falls back to the gpu lock (PyPI's CUDA build, which runs on CPUs too) for
+        # a Python with no CPU lock: the CPU build lives on an index of its own, not PyPI.
+        device = rctx.attr.device
+        patterns = [LOCKS[device]] + _FALLBACK_LOCKS.get(device, [])
+        python = locked_python(rctx, patterns, "the %s targets' packages" % device)
         lock = python.lock
+        if lock != Label(LOCKS[device].format(python = python.version)):
+            # buildifier: disable=print
+            print(("python_env: Python %s has no %s lock (%s): the %s targets install %s instead, PyPI's CUDA " +
+                   "build of torch, which runs their tests on CPUs as well (a larger download; their ranks see " +
+                   "no GPU). A CPU lock for it: docs/locks.md.") %
+                  (python.version, device, LOCKS[device].format(python = python.version), device, lock))
     options, requirements = _lock_entries(rctx.read(lock))
     torch_wheel = rctx.os.environ.get("DIST_TESTS_TORCH_WHEEL", "")
     if interpreter_torch:
