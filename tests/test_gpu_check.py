@@ -4,7 +4,12 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from conftest import ROOT
+
+# It runs no Bazel, and from any checkout: tools/selftest runs it in its second lane, beside the first's.
+pytestmark = pytest.mark.second_lane
 
 
 def gpu_check(python: str, *args: str) -> subprocess.CompletedProcess:
