@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, bazel, results
+from test_remote_execution import JOBS, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.own_workspace
 
@@ -59,6 +60,21 @@ py_library(
 """
 
 
+# The workspace's .bazelrc: this repository's shared settings, and --config=remote naming its platforms by their
+# labels in this repository (docs/backends.md shows the same lines).
+BAZELRC = """import {root}/tools/dist_tests.bazelrc
+
+build:remote --extra_execution_platforms=@dist_tests//tools/platforms:remote
+build:remote --host_platform=@dist_tests//tools/platforms:remote_cpu
+build:remote --platforms=@dist_tests//tools/platforms:remote_cpu
+build:remote --jobs=64
+build:remote --remote_timeout=3600
+build:remote --repo_env=DIST_TESTS_GPU_EXCLUSIVE=0
+build:remote --remote_retries=1
+build:remote --remote_max_connections=4
+"""
+
+
 @pytest.fixture(scope="module")
 def vendor(tmp_path_factory):
     """The scratch workspace: its own WORKSPACE, .bazelrc, backend package and test package; nothing of this checkout's
@@ -67,7 +83,7 @@ def vendor(tmp_path_factory):
     (workspace / "vendor_tests").mkdir(parents=True)
     (workspace / "vendor_backend" / "example_backend").mkdir(parents=True)
     (workspace / "WORKSPACE").write_text(WORKSPACE.format(root=ROOT))
-    (workspace / ".bazelrc").write_text(f"import {ROOT / 'tools' / 'dist_tests.bazelrc'}\n")
+    (workspace / ".bazelrc").write_text(BAZELRC.format(root=ROOT))
     (workspace / "vendor_tests" / "BUILD.bazel").write_text(BUILD.format())
     (workspace / "vendor_tests" / "exclusions.txt").write_text("test_broadcast: hangs on this backend (its bug 7)\n")
     (workspace / "vendor_backend" / "BUILD.bazel").write_text(BACKEND_BUILD)
@@ -104,6 +120,22 @@ def test_own_lines_run_with_their_plugin_and_exclusions_and_the_report_lists_the
     rows = [line for line in report.output.splitlines() if line.startswith(("//", "gloo_", "nccl_", "ucc_"))]
     assert [row.split()[0] for row in rows] == [EXAMPLE, GLOO], report.output[-3000:]
     assert (vendor / "dist_tests_report" / "report.html").exists()
+
+
+def test_own_lines_run_remotely_on_the_local_cluster(vendor, cluster_blobs):
+    """A real cluster; the environment's upload is shared with the session's other clusters (cluster_blobs)."""
+    cluster = start_cluster(cpu=2, gpu=0, blobs=cluster_blobs)
+    try:
+        run = bazel("test", GLOO, EXAMPLE, "--test_filter=test_barrier test_all_reduce_sum", "--nocache_test_results",
+                    *cluster.flags, *JOBS, workspace=vendor)
+        assert run.returncode == 0, run.output[-3000:]
+        ran = {(a.target, a.pool) for a in cluster.actions()}
+        assert {(GLOO, "cpu"), (EXAMPLE, "cpu")} <= ran, ran
+        assert outcomes(vendor, EXAMPLE)["test_all_reduce_sum"][0] == "passed"
+        assert outcomes(vendor, GLOO)["test_barrier"][0] == "passed"
+    finally:
+        stop_cluster(cluster)
+        shutil.rmtree(cluster.state, ignore_errors=True)
 
 
 def test_a_second_line_of_a_backend_runs_its_own_plugin(vendor):
