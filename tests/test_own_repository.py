@@ -150,6 +150,9 @@ def test_a_second_line_of_a_backend_runs_its_own_plugin(vendor):
      'xccl_2: device "xpu" is not one of ["cpu", "gpu"]'),
     ('dist_test_line("gloo", 1, "cpu", name = "bad_1", shard_count = 1, timeout = "short")',
      "bad_1: world_size 1: a cpu line needs an integer >= 2"),
+    ('dist_test_line("gloo", 2, "cpu", shard_count = 1, timeout = "short"), '
+     'dist_test_line("gloo", 2, "cpu", shard_count = 2, timeout = "short")',
+     "gloo_2 is the target of two lines of the matrix: give one of them a `name`"),
     # A line of a .bzl file's own, where `struct` is at hand, without its shards and timeout.
     ('struct(backend = "gloo", world_size = 2, device = "cpu")',
      "a line of the matrix has no shard_count, timeout"),

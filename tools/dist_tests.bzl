@@ -297,7 +297,7 @@ def dist_test_matrix(name, matrix = DIST_TEST_MATRIX, main = _ENTRY_POINT, deps 
                 LEAST_WORLD_SIZE[cell.device],
             ))
         if target in targets:
-            fail("%s is the target of two lines of DIST_TEST_MATRIX: give one of them a `name`" % target)
+            fail("%s is the target of two lines of the matrix: give one of them a `name`" % target)
         env = dist_test_env(cell.backend, cell.world_size, cell.device)
         env["DIST_TESTS_LINE"] = dist_test_line_json(target, cell)
         line_env = getattr(cell, "env", {})

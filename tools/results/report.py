@@ -77,6 +77,11 @@ class Cell:
     device: str  # "cpu", "gpu", or "-" when not given
 
 
+def label_of(name: str) -> str:
+    """A row's Bazel label: this table's targets are named by their name; a line declared elsewhere by its label."""
+    return name if name.startswith(("//", "@")) else f"//dist_tests:{name}"
+
+
 def parse_matrix(text: str) -> list[Cell]:
     """`NAME:BACKEND:WORLD_SIZE:DEVICE,...`; a bare NAME is looked up in DIST_TEST_MATRIX (tools/dist_tests.bzl)."""
     cells = []
@@ -97,7 +102,7 @@ def cells_declared_elsewhere(invocation: testlogs.Invocation, listed: list[Cell]
 
     The harness names each run's cell in its test.xml (CELL_PROPERTY); a target without it is not the harness's.
     """
-    have = {f"//dist_tests:{cell.name}" for cell in listed}
+    have = {label_of(cell.name) for cell in listed}
     found = []
     for label, target in sorted(invocation.targets.items()):
         if label in have:
@@ -140,8 +145,7 @@ class TargetResult:
 
     @property
     def label(self) -> str:
-        # A line declared in another package or workspace is named by its whole label (cells_declared_elsewhere).
-        return self.name if self.name.startswith(("//", "@")) else f"//dist_tests:{self.name}"
+        return label_of(self.name)
 
     @property
     def ran(self) -> bool:
@@ -374,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     elsewhere = cells_declared_elsewhere(invocation, args.matrix) if invocation else []
     if elsewhere:
         # Run from a workspace of one's own, this table's targets are not that workspace's: rows only if tested.
-        tested = [c for c in args.matrix if f"//dist_tests:{c.name}" in invocation.targets]
+        tested = [c for c in args.matrix if label_of(c.name) in invocation.targets]
         cells = tested + elsewhere
     results = [read_target(invocation or testlogs.Invocation(args.events), cell) for cell in cells]
     print(terminal_table(results, invocation))
