@@ -79,11 +79,13 @@ build:remote --remote_max_connections=4
 def vendor(tmp_path_factory):
     """The scratch workspace: its own WORKSPACE, .bazelrc, backend package and test package; nothing of this checkout's
     but the repository it declares."""
-    workspace = tmp_path_factory.mktemp("own_repository") / "vendor"
+    folder = tmp_path_factory.mktemp("own_repository")
+    workspace = folder / "vendor"
     (workspace / "vendor_tests").mkdir(parents=True)
     (workspace / "vendor_backend" / "example_backend").mkdir(parents=True)
     (workspace / "WORKSPACE").write_text(WORKSPACE.format(root=ROOT))
-    (workspace / ".bazelrc").write_text(BAZELRC.format(root=ROOT))
+    # An output base of its own beside it, removed with it (this test's, not a user's setting).
+    (workspace / ".bazelrc").write_text(f"startup --output_base={folder / 'output_base'}\n" + BAZELRC.format(root=ROOT))
     (workspace / "vendor_tests" / "BUILD.bazel").write_text(BUILD.format())
     (workspace / "vendor_tests" / "exclusions.txt").write_text("test_broadcast: hangs on this backend (its bug 7)\n")
     (workspace / "vendor_backend" / "BUILD.bazel").write_text(BACKEND_BUILD)
@@ -91,7 +93,8 @@ def vendor(tmp_path_factory):
                  workspace / "vendor_backend" / "example_backend" / "__init__.py")
     yield workspace
     bazel("shutdown", workspace=workspace)
-    subprocess.run(["chmod", "-R", "u+w", str(workspace)], check=False)
+    subprocess.run(["chmod", "-R", "u+w", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def outcomes(workspace: pathlib.Path, target: str) -> dict[str, tuple[str, str]]:
