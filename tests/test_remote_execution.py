@@ -33,8 +33,9 @@ LONG_FILTER = "--test_filter=*all_reduce*"
 # Every test writes a timing file to Bazel's undeclared outputs; all-skipped GPU shards pass.
 ENV = ("--test_env=DIST_TESTS_TIMING=1", "--test_env=DIST_TESTS_ALLOW_SKIP=1")
 QUEUE_TIMEOUT_S = 20
-# No more actions at once than the cluster has cpu workers: BuildGrid counts a job's wait for a busy
-# worker against QUEUE_TIMEOUT_S too. After --config=remote, whose --jobs=64 would win otherwise.
+# No more actions at once than the cluster has cpu workers, so that Bazel's own work and the workers'
+# do not crowd this 2-core host (a job waiting for a busy worker of its pool no longer times out: see
+# test_a_job_waiting_for_a_busy_worker...). After --config=remote, whose --jobs=64 would win otherwise.
 JOBS = ("--jobs=2",)
 ACTION_LINE = re.compile(r" action (?P<digest>\S+) (?P<event>started|done) pool=(?P<pool>\S+) worker=(?P<worker>\S+) "
                          r"target=(?P<target>\S+) shard=(?P<shard>\S+)(?P<rest>.*)")
