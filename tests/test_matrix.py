@@ -170,8 +170,18 @@ def test_by_hand_the_device_comes_from_the_matrix_table(python, backend, device)
     assert run.stdout.split()[:2] == [backend, device]
 
 
+@pytest.fixture(scope="module")
+def gpu_packages():
+    """The gpu class's packages in this checkout's output base, which a by-hand run as gpu needs (the interpreter's
+    wrapper takes them from there): fetched here, so that the test does not depend on an earlier module's build
+    (from the environment cache, or a download of several GB on a machine that never made them)."""
+    fetch = bazel("fetch", "@dist_python_gpu//:site_packages", timeout=1800)
+    assert fetch.returncode == 0, fetch.output[-3000:]
+
+
 @pytest.mark.parametrize("world_size, target", [("2", "gloo_gpu_2"), ("4", "gloo_gpu_4")])
-def test_by_hand_a_backend_on_both_device_classes_runs_as_its_first_line_unless_told(python, world_size, target):
+def test_by_hand_a_backend_on_both_device_classes_runs_as_its_first_line_unless_told(python, gpu_packages, world_size,
+                                                                                      target):
     run = harness_settings(python, {"BACKEND": "gloo", "WORLD_SIZE": world_size})
     assert run.stdout.split()[:2] == ["gloo", "cpu"], run.stderr
     assert run.stdout.split()[3] == f"//dist_tests:gloo_{world_size}"
