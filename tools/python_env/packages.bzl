@@ -219,12 +219,13 @@ def _python_packages_impl(rctx):
         patterns = [LOCKS[device]] + _FALLBACK_LOCKS.get(device, [])
         python = locked_python(rctx, patterns, "the %s targets' packages" % device)
         lock = python.lock
-        if lock != Label(LOCKS[device].format(python = python.version)):
+        own_lock = LOCKS[device].format(python = python.version)
+        if lock != Label(own_lock):
             # buildifier: disable=print
             print(("python_env: Python %s has no %s lock (%s): the %s targets install %s instead, PyPI's CUDA " +
                    "build of torch, which runs their tests on CPUs as well (a larger download; their ranks see " +
                    "no GPU). A CPU lock for it: docs/locks.md.") %
-                  (python.version, device, LOCKS[device].format(python = python.version), device, lock))
+                  (python.version, device, own_lock, device, lock))
     options, requirements = _lock_entries(rctx.read(lock))
     torch_wheel = rctx.os.environ.get("DIST_TESTS_TORCH_WHEEL", "")
     if interpreter_torch:
