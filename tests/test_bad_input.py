@@ -19,8 +19,8 @@ CASES = [
     ("backend-wrong-case", {"BACKEND": "GLOO"}, None, "did you mean 'gloo'"),
     ("device-unknown", {"DIST_TESTS_DEVICE": "tpu"}, None, "DIST_TESTS_DEVICE='tpu': use one of cpu, gpu"),
     ("world-size-0", {"WORLD_SIZE": "0"}, None, "too small"),
-    ("world-size-1-on-cpu", {"WORLD_SIZE": "1"}, None, "One rank runs only on a GPU host, as upstream does there: "
-     "set DIST_TESTS_DEVICE=gpu"),
+    ("world-size-1-on-cpu", {"WORLD_SIZE": "1"}, None, "Device classes whose lines may have 1: gpu (set "
+     "DIST_TESTS_DEVICE)"),
     ("world-size-negative", {"WORLD_SIZE": "-2"}, None, "too small"),
     ("world-size-not-integer", {"WORLD_SIZE": "two"}, None, "is not an integer"),
     ("world-size-fraction", {"WORLD_SIZE": "2.5"}, None, "is not an integer"),

@@ -6,8 +6,8 @@ run of the spawn suite can start at all.
 prints the device class (cpu or gpu) whose packages the command gets: the harness's own rule
 (settings.device_class: DIST_TESTS_DEVICE, else BACKEND's class in the matrix), else cpu. When the
 command runs dist_tests/spawn_test.py it first checks, as the harness would before torch, the
-settings that decide the packages (BACKEND, DIST_TESTS_DEVICE, WORLD_SIZE) and, for a GPU class,
-the GPUs the driver shows; a run that cannot start exits 3 with the harness's message, before
+settings that decide the packages (BACKEND, DIST_TESTS_DEVICE, WORLD_SIZE) and, for a class with
+devices, the devices counted before torch; a run that cannot start exits 3 with the harness's message, before
 Bazel fetches gigabytes of CUDA packages and torch loads. Standard library only: tools/python
 runs it on the host's python3.
 """
@@ -45,17 +45,17 @@ def device(args: Sequence[str], caller_dir: str, env: Mapping[str, str] = os.env
         backend, device_class, world_size = settings.cell(env)
     except settings.SettingsError as error:
         settings.exit_with_setup_error(str(error))
-    if device_class == "gpu" and env.get("DIST_TESTS_ALLOW_SKIP") != "1":
-        counted = gpu_leases.gpus_before_torch(env)
-        missing = settings.missing_gpus(backend, world_size, counted[0]) if counted else None
+    if device_class.has_devices and env.get("DIST_TESTS_ALLOW_SKIP") != "1":
+        counted = gpu_leases.devices_before_torch(env, device_class)
+        word = gpu_leases.unit(device_class)
+        missing = settings.missing_devices(backend, world_size, counted[0], word) if counted else None
         if counted and missing:
-            gpus = f"{world_size} GPU{'s' if world_size > 1 else ''}"
+            needed = f"{world_size} {word}{'s' if world_size > 1 else ''}"
             settings.exit_with_setup_error(
-                f"{missing} ({counted[1]}).\n  Run it on a host with {gpus}, or on CPU here (BACKEND=gloo, "
+                f"{missing} ({counted[1]}).\n  Run it on a host with {needed}, or on CPU here (BACKEND=gloo, "
                 "DIST_TESTS_DEVICE unset); DIST_TESTS_ALLOW_SKIP=1 reports every test skipped instead. "
                 "No rank was started.")
-    return device_class
-
+    return device_class.name
 
 if __name__ == "__main__":
     print(device(sys.argv[2:], sys.argv[1]))

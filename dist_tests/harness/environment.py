@@ -7,7 +7,7 @@ that every variable a harness module names is listed below.
 
 Read (set by Bazel, a target, or the user):
   BACKEND, WORLD_SIZE, DIST_TESTS_DEVICE      the run's matrix cell (each target sets them)
-  DIST_TESTS_LINE                             the target's whole line, as JSON (matrix.py)
+  DIST_TESTS_LINE                             the target's whole line and device class, as JSON (matrix.py)
   TEST_TMPDIR, TEST_TIMEOUT, TEST_TARGET      Bazel's test protocol: work folder, deadline, label
   TEST_TOTAL_SHARDS, TEST_SHARD_INDEX, TEST_SHARD_STATUS_FILE, XML_OUTPUT_FILE,
   TEST_UNDECLARED_OUTPUTS_DIR, TESTBRIDGE_TEST_ONLY
@@ -16,7 +16,8 @@ Read (set by Bazel, a target, or the user):
   DIST_TESTS_KNOWN_FAILURES, DIST_TESTS_FAULT, DIST_TESTS_RERUNS, DIST_TESTS_MAX_WORLD_SIZE,
   DIST_TESTS_TIMING, DIST_TESTS_FLIGHT_RECORDER
                                               the harness's own settings (docs/settings.md)
-  DIST_TESTS_GPUS, DIST_TESTS_GPU_LOCK_DIR      GPU leases (gpu_leases.py)
+  DIST_TESTS_GPUS, DIST_TESTS_GPU_LOCK_DIR      device leases (gpu_leases.py); a class's own
+                                              visible-devices variable, read as CUDA_VISIBLE_DEVICES is
   DIST_TESTS_DRIVER_VERSION                   a stand-in for the NVIDIA driver's version (cuda_driver.py)
   DIST_TESTS_TORCH_FLAGS                      the --repo_env flags that chose the torch (set by the
                                               interpreter's wrapper), for repro lines
@@ -31,10 +32,11 @@ Written:
     TMPDIR (the run's folder), PYTORCH_NVML_BASED_CUDA_CHECK=1 (the forkserver's import asks
     NVML, not the CUDA driver), the line's `env` (a user's value wins), OMP_NUM_THREADS (each
     rank's share, a user's value wins), torch's flight recorder's buffer size (flight_records.py,
-    a user's value wins), PYTORCH_PRINT_REPRO_ON_FAILURE=0, CUDA_VISIBLE_DEVICES
-    and HIP_VISIBLE_DEVICES empty on CPU lines, DIST_TESTS_DEVICE (the resolved class, for ranks),
-    DIST_TESTS_CONFIGURED=1 (ranks skip the configuration)
-  by show_gpus(): CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER, the leased GPUs
+    a user's value wins), PYTORCH_PRINT_REPRO_ON_FAILURE=0, the device class's `env` (its
+    declaration in tools/dist_tests.bzl: cpu's hides the host's GPUs, gpu's numbers them by PCI bus),
+    DIST_TESTS_DEVICE (the resolved class, for ranks), DIST_TESTS_CONFIGURED=1 (ranks skip the
+    configuration)
+  by show_devices(): the class's visible-devices variable (CUDA_VISIBLE_DEVICES), the leased devices
   by forkserver_environment(): while the server starts, PYTHONPATH with the workspace,
     DIST_TESTS_FORKSERVER_REPORT and DIST_TESTS_FORKSERVER_PRELOAD, without NUM_PARALLEL_PROCS
   by use_rendezvous(): MASTER_ADDR, MASTER_PORT and INIT_METHOD, for a plugin's TCP rendezvous
@@ -56,11 +58,15 @@ FORKSERVER_PRELOAD = "DIST_TESTS_FORKSERVER_PRELOAD"
 
 
 def prepare_for_torch(tmp: str, line_env: Mapping[str, str], rank_threads: int, device: str,
-                      nvml_cuda_check: bool, recorder_env: Mapping[str, str] | None = None) -> None:
+                      class_env: Mapping[str, str], nvml_cuda_check: bool,
+                      recorder_env: Mapping[str, str] | None = None) -> None:
     """The parent's environment for torch, its ranks and the forkserver; see the module docstring."""
     for name, value in (recorder_env or {}).items():
         os.environ.setdefault(name, value)
     os.environ["DIST_TESTS_DEVICE"] = device
+    # The device class's switches: what its runs are (cpu hides the host's GPUs: with GPUs visible but
+    # fewer than ranks, torch's ranks would skip even gloo tests).
+    os.environ.update(class_env)
     os.environ["TMPDIR"] = tmp
     if nvml_cuda_check:
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
@@ -69,21 +75,15 @@ def prepare_for_torch(tmp: str, line_env: Mapping[str, str], rank_threads: int, 
     os.environ.setdefault("OMP_NUM_THREADS", str(rank_threads))
     # Failures print this harness's own repro command; torch's would name a file that isn't there.
     os.environ["PYTORCH_PRINT_REPRO_ON_FAILURE"] = "0"
-    if device == "cpu":
-        # CPU lines test the CPU suite on any host: with GPUs visible but fewer than ranks,
-        # torch's ranks would skip even gloo tests.
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        os.environ["HIP_VISIBLE_DEVICES"] = ""
 
 
 def mark_configured() -> None:
     os.environ[CONFIGURED] = "1"
 
 
-def show_gpus(visible: str) -> None:
-    """The GPUs the ranks see, by PCI bus order (the order leases are named in)."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+def show_devices(variable: str, visible: str) -> None:
+    """The leased devices the ranks see, through their device class's variable (CUDA_VISIBLE_DEVICES)."""
+    os.environ[variable] = visible
 
 
 @contextlib.contextmanager

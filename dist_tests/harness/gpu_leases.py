@@ -1,9 +1,13 @@
-"""GPU leases: a GPU run holds the GPUs its ranks use, so runs that share a host never share one.
+"""Device leases: a run of a class with devices (gpu, or a class of one's own) holds the devices its
+ranks use, so runs that share a host never share one.
 
 Bazel 4.2.3 has no GPU resource, and `exclusive` orders the tests of one Bazel server only.
-So each run takes, before any rank starts, a `flock` on one lock file per GPU in a host-wide
-folder, and shows its ranks only those GPUs (CUDA_VISIBLE_DEVICES). The kernel drops a flock
-when its holder dies, even by SIGKILL: a killed run never leaves a GPU taken.
+So each run takes, before any rank starts, a `flock` on one lock file per device in a host-wide
+folder (gpu0.lock, or CLASS0.lock for a class of one's own), and shows its ranks only those
+devices through its class's variable (CUDA_VISIBLE_DEVICES for gpu). The kernel drops a flock
+when its holder dies, even by SIGKILL: a killed run never leaves a device taken. How a host's
+devices are counted is the class's too: the NVIDIA driver's list for gpu, or a command that
+prints the count (count_devices).
 
 GPU indices are the driver's (nvidia-smi's, PCI bus order); the ranks get CUDA_DEVICE_ORDER=
 PCI_BUS_ID so CUDA numbers them the same way. Runs no pid namespace or private /tmp can split:
@@ -16,17 +20,20 @@ import errno
 import fcntl
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
 
 from dist_tests.harness import environment
+from dist_tests.harness.matrix import NVIDIA_DRIVER, DeviceClass
 from dist_tests.harness.settings import unwritable_reason
 
 DEFAULT_LOCK_DIR = "/dev/shm/dist_tests_gpu_leases"
 _DRIVER_GPUS = "/proc/driver/nvidia/gpus"  # one folder per GPU the driver shows, named by PCI address
 _POLL_S = 0.5
 _REMIND_S = 60.0
+_COUNT_TIMEOUT_S = 60.0  # a count command that takes longer is stuck: the run stops, naming it
 
 
 class LeaseError(Exception):
@@ -63,8 +70,47 @@ def driver_gpus() -> list[int] | None:
         return None
 
 
+def unit(device_class: DeviceClass) -> str:
+    """What one device of the class is called in messages: a GPU, or an XPU device."""
+    return "GPU" if device_class.count == NVIDIA_DRIVER else f"{device_class.name} device"
+
+
+def _units(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+def count_devices(device_class: DeviceClass, env: Mapping[str, str]) -> tuple[list[int] | None, str]:
+    """The device indices (0..N-1) a host shows for the class, and who counted them; None: nothing to ask.
+
+    gpu's are the NVIDIA driver's; a class of one's own is counted by its command, which prints the
+    number. A command that fails, hangs or prints something else stops the run, naming it.
+    """
+    if device_class.count == NVIDIA_DRIVER:
+        return driver_gpus(), "the GPUs this host's driver shows"
+    label, path = device_class.count, device_class.count_path
+    if not path:
+        raise LeaseError(f"device class {device_class.name!r} is counted by {label}, which only its targets carry: "
+                         "run a target of the class")
+    fix = f"Fix {label}: it must print the number of {unit(device_class)}s on this host, and exit 0"
+    try:
+        done = subprocess.run([os.path.abspath(path)], env=dict(env), capture_output=True, text=True,
+                              timeout=_COUNT_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise LeaseError(f"{label}, which counts the {unit(device_class)}s, did not finish within "
+                         f"{_COUNT_TIMEOUT_S:.0f} s. {fix}.") from None
+    except OSError as error:
+        raise LeaseError(f"{label}, which counts the {unit(device_class)}s, cannot run ({error.strerror}). {fix}.") \
+            from None
+    printed = done.stdout.strip()
+    if done.returncode != 0 or not printed.isdigit():
+        said = (done.stderr.strip() or printed)[-300:]
+        raise LeaseError(f"{label}, which counts the {unit(device_class)}s, exited {done.returncode} and printed "
+                         f"{printed[:100]!r}{f' ({said})' if said and said != printed else ''}. {fix}.")
+    return list(range(int(printed))), f"the {unit(device_class)}s {label} counts"
+
+
 def parse_indices(name: str, text: str) -> list[int]:
-    """A comma-separated list of distinct GPU indices, as DIST_TESTS_GPUS or CUDA_VISIBLE_DEVICES give it."""
+    """A comma-separated list of distinct device indices, as DIST_TESTS_GPUS or CUDA_VISIBLE_DEVICES give it."""
     words = [word.strip() for word in text.split(",")]
     if not all(word.isdigit() for word in words):
         raise LeaseError(f"{name}={text!r} is not a list of GPU indices: give indices as nvidia-smi numbers them, "
@@ -76,12 +122,13 @@ def parse_indices(name: str, text: str) -> list[int]:
     return indices
 
 
-def gpu_pool(env: Mapping[str, str], shown: list[int] | None) -> tuple[list[int], str]:
-    """The GPUs tests may use, and where that choice came from (for messages).
+def gpu_pool(env: Mapping[str, str], shown: list[int] | None, visible: str = "CUDA_VISIBLE_DEVICES",
+             source: str = "the GPUs this host's driver shows") -> tuple[list[int], str]:
+    """The devices tests may use, and where that choice came from (for messages).
 
-    DIST_TESTS_GPUS when given; else every GPU the driver shows, within the user's own
-    CUDA_VISIBLE_DEVICES. Without a driver (shown is None) DIST_TESTS_GPUS is taken as given:
-    stand-in indices lease like real ones.
+    DIST_TESTS_GPUS when given; else every device counted (`shown`, from `source`), within the user's
+    own `visible` variable (CUDA_VISIBLE_DEVICES for GPUs). Without a count (shown is None)
+    DIST_TESTS_GPUS is taken as given: stand-in indices lease like real ones.
     """
     named = env.get("DIST_TESTS_GPUS", "").strip()
     if named:
@@ -92,12 +139,12 @@ def gpu_pool(env: Mapping[str, str], shown: list[int] | None) -> tuple[list[int]
                              f"driver does not show (it shows {_listing(shown)}): name GPUs of this host.")
         return pool, f"DIST_TESTS_GPUS={named}"
     pool = shown or []
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and shown is not None:
-        allowed = parse_indices("CUDA_VISIBLE_DEVICES", visible) if visible.strip() else []
+    within = env.get(visible)
+    if within is not None and shown is not None:
+        allowed = parse_indices(visible, within) if within.strip() else []
         pool = [i for i in pool if i in allowed]
-        return pool, f"the driver's GPUs within CUDA_VISIBLE_DEVICES={visible}"
-    return pool, "the GPUs this host's driver shows"
+        return pool, f"{source} within {visible}={within}"
+    return pool, source
 
 
 def gpu_count(env: Mapping[str, str], shown: list[int] | None) -> tuple[int, str]:
@@ -109,31 +156,36 @@ def gpu_count(env: Mapping[str, str], shown: list[int] | None) -> tuple[int, str
     return len(pool), source
 
 
-def gpus_before_torch(env: Mapping[str, str]) -> tuple[int, str] | None:
-    """The GPUs a run's ranks could have, as the driver shows them before torch loads, and where that
-    number comes from; None when only the lease and torch can tell.
+def devices_before_torch(env: Mapping[str, str], device_class: DeviceClass) -> tuple[int, str] | None:
+    """The devices a run's ranks could have, as counted before torch loads, and where that number
+    comes from; None when only the lease and torch can tell.
 
     CUDA sees no more GPUs than the driver shows within CUDA_VISIBLE_DEVICES, so fewer than the
     ranks here is what torch would find too. Stand-ins (DIST_TESTS_GPUS) lease like GPUs; a host
     with AMD's compute device (/dev/kfd) and no NVIDIA driver may have GPUs this cannot count.
+    A class of one's own is counted by its command.
     """
     if env.get("DIST_TESTS_GPUS", "").strip():
         return None
-    shown = driver_gpus()
-    if shown is None and os.path.exists("/dev/kfd"):
-        return None
     try:
+        if device_class.count != NVIDIA_DRIVER:
+            shown, source = count_devices(device_class, env)
+            pool, source = gpu_pool(env, shown, device_class.visible_devices or "", source)
+            return len(pool), source
+        shown = driver_gpus()
+        if shown is None and os.path.exists("/dev/kfd"):
+            return None
         return gpu_count(env, shown)
     except LeaseError:
         return None  # the lease says what is wrong, with the run's target
 
 
-def _listing(gpus: list[int]) -> str:
-    return "GPUs " + ",".join(map(str, gpus)) if gpus else "no GPU"
+def _listing(gpus: list[int], word: str = "GPU") -> str:
+    return f"{word}s " + ",".join(map(str, gpus)) if gpus else f"no {word}"
 
 
 def lock_folder(env: Mapping[str, str]) -> str:
-    """The host-wide lock folder, created open to every user (the GPUs are the host's); checked writable."""
+    """The host-wide lock folder, created open to every user (the devices are the host's); checked writable."""
     path = env.get("DIST_TESTS_GPU_LOCK_DIR") or DEFAULT_LOCK_DIR
     fix = ("set DIST_TESTS_GPU_LOCK_DIR to a folder that every run on this host can write, and under Bazel "
            "make it writable in the sandbox (--sandbox_writable_path=DIR in user.bazelrc)")
@@ -152,12 +204,12 @@ def lock_folder(env: Mapping[str, str]) -> str:
     return path
 
 
-def _lock_path(lock_dir: str, gpu: int) -> str:
-    return os.path.join(lock_dir, f"gpu{gpu}.lock")
+def _lock_path(lock_dir: str, device: int, prefix: str) -> str:
+    return os.path.join(lock_dir, f"{prefix}{device}.lock")
 
 
 def _open_lock(path: str) -> int:
-    """Opens (or creates, open to every user) one GPU's lock file."""
+    """Opens (or creates, open to every user) one device's lock file."""
     while True:
         try:
             return os.open(path, os.O_RDWR)
@@ -180,13 +232,14 @@ def holder(path: str) -> str:
         return "unknown"
 
 
-def _try_take(pool: list[int], count: int, lock_dir: str) -> tuple[list[tuple[int, int]] | None, list[int]]:
-    """Locks `count` free GPUs of the pool, or none (a partial set is released, so waiters never
-    deadlock); returns the locks taken and the GPUs found held."""
+def _try_take(pool: list[int], count: int, lock_dir: str,
+              prefix: str) -> tuple[list[tuple[int, int]] | None, list[int]]:
+    """Locks `count` free devices of the pool, or none (a partial set is released, so waiters never
+    deadlock); returns the locks taken and the devices found held."""
     taken: list[tuple[int, int]] = []
     busy: list[int] = []
     for gpu in pool:
-        fd = _open_lock(_lock_path(lock_dir, gpu))
+        fd = _open_lock(_lock_path(lock_dir, gpu, prefix))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -204,33 +257,33 @@ def _try_take(pool: list[int], count: int, lock_dir: str) -> tuple[list[tuple[in
 
 
 def acquire(pool: list[int], count: int, lock_dir: str, me: str, give_up_at: float | None,
-            say: Callable[[str], None], why_give_up: str = "") -> Lease:
-    """Waits until `count` GPUs of the pool are free and locks them; raises LeaseError at give_up_at."""
+            say: Callable[[str], None], why_give_up: str = "", prefix: str = "gpu", word: str = "GPU") -> Lease:
+    """Waits until `count` devices of the pool are free and locks them; raises LeaseError at give_up_at."""
     started = time.monotonic()
     last_busy: dict[int, str] | None = None
     last_said = 0.0
     while True:
-        taken, held = _try_take(pool, count, lock_dir)
+        taken, held = _try_take(pool, count, lock_dir, prefix)
         if taken is not None:
-            for _, fd in taken:  # the holder's record, for runs that wait on these GPUs
+            for _, fd in taken:  # the holder's record, for runs that wait on these devices
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{me}\n".encode(), 0)
             waited_s = 0.0 if last_busy is None else time.monotonic() - started
             return Lease(tuple(gpu for gpu, _ in taken), lock_dir, waited_s, [fd for _, fd in taken])
         now = time.monotonic()
-        busy = {gpu: holder(_lock_path(lock_dir, gpu)) for gpu in held}
+        busy = {gpu: holder(_lock_path(lock_dir, gpu, prefix)) for gpu in held}
         if give_up_at is not None and now >= give_up_at:
-            raise LeaseError(f"waited {now - started:.0f} s for {count} free GPUs of {_listing(pool)} and gave up"
-                             f"{why_give_up}; still held: {_holders(busy)}")
+            raise LeaseError(f"waited {now - started:.0f} s for {count} free {word}s of {_listing(pool, word)} and "
+                             f"gave up{why_give_up}; still held: {_holders(busy, word)}")
         if busy != last_busy or now - last_said >= _REMIND_S:
-            say(f"waiting for {count} free GPUs of {_listing(pool)} ({len(pool) - len(busy)} free) "
-                f"in {lock_dir}, after {now - started:.0f} s; held: {_holders(busy)}")
+            say(f"waiting for {count} free {word}s of {_listing(pool, word)} ({len(pool) - len(busy)} free) "
+                f"in {lock_dir}, after {now - started:.0f} s; held: {_holders(busy, word)}")
             last_busy, last_said = busy, now
         time.sleep(_POLL_S)
 
 
-def _holders(busy: dict[int, str]) -> str:
-    return "; ".join(f"GPU {gpu} by {who}" for gpu, who in sorted(busy.items())) or "none (they were just freed)"
+def _holders(busy: dict[int, str], word: str) -> str:
+    return "; ".join(f"{word} {gpu} by {who}" for gpu, who in sorted(busy.items())) or "none (they were just freed)"
 
 
 def describe_me(env: Mapping[str, str]) -> str:
@@ -244,8 +297,9 @@ def describe_me(env: Mapping[str, str]) -> str:
 
 
 def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None, why_give_up: str,
-               allow_skip: bool) -> Lease | None:
-    """Leases world_size GPUs for a run and shows its ranks only those; None when the pool is too small.
+               allow_skip: bool, device_class: DeviceClass) -> Lease | None:
+    """Leases world_size devices of the class for a run and shows its ranks only those (the class's
+    visible-devices variable); None when the pool is too small.
 
     A pool smaller than the ranks is the missing-hardware case that the run reports (or skips)
     after torch loads; only a DIST_TESTS_GPUS too short for the ranks is an error here.
@@ -253,22 +307,25 @@ def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None
     def say(message: str) -> None:
         print(f"dist_tests: {message}", file=sys.stderr, flush=True)
 
-    shown = driver_gpus()
+    visible, word = device_class.visible_devices or "", unit(device_class)
+    shown, source = count_devices(device_class, env)
     if shown is None and not env.get("DIST_TESTS_GPUS", "").strip():
         # No driver to ask (no GPU here, or one this check cannot see): the ranks see what they see.
         say(f"no NVIDIA driver shows GPUs here ({_DRIVER_GPUS}), so none were leased; "
             "DIST_TESTS_GPUS names GPUs to lease")
         return None
-    pool, source = gpu_pool(env, shown)
+    pool, source = gpu_pool(env, shown, visible, source)
     if len(pool) < world_size:
         if env.get("DIST_TESTS_GPUS", "").strip() and not allow_skip:
-            raise LeaseError(f"WORLD_SIZE={world_size} needs {world_size} GPUs, and {source} names {len(pool)}: "
-                             f"name at least {world_size}.")
-        environment.show_gpus(",".join(map(str, pool)))
+            raise LeaseError(f"WORLD_SIZE={world_size} needs {_units(world_size, word)}, and {source} names "
+                             f"{len(pool)}: name at least {world_size}.")
+        environment.show_devices(visible, ",".join(map(str, pool)))
         return None
     folder = lock_folder(env)
-    lease = acquire(pool, world_size, folder, describe_me(env), give_up_at, say, why_give_up)
-    environment.show_gpus(lease.names())
+    lease = acquire(pool, world_size, folder, describe_me(env), give_up_at, say, why_give_up,
+                    prefix=device_class.name, word=word)
+    environment.show_devices(visible, lease.names())
     waited = f" after waiting {lease.waited_s:.1f} s" if lease.waited_s else ""
-    say(f"leased GPUs {lease.names()} of {_listing(pool)} ({source}){waited}; locks in {folder}")
+    say(f"leased {word}s {lease.names()} of {_listing(pool, word)} ({source}){waited}; locks in {folder}, "
+        f"shown to the ranks as {visible}={lease.names()}")
     return lease

@@ -1,4 +1,4 @@
-"""The target matrix as the harness sees it: a run's own line, and the table's lines and device classes.
+"""The target matrix as the harness sees it: a run's own line and device class, and the table's lines and classes.
 
 Under Bazel a target carries its own line: the matrix macro writes it, as JSON, into the
 target's DIST_TESTS_LINE (line_of_target), so two lines of one backend each run their own
@@ -12,6 +12,7 @@ Under Bazel the file is in the harness's runfiles; by hand it is in the workspac
 """
 
 import ast
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -67,13 +68,69 @@ def _parse(table: str) -> ast.Module:
         return ast.parse(f.read(), table)
 
 
-def least_world_size(table: str | None = None) -> dict[str, int]:
-    """{device class: the fewest ranks its lines may have}: LEAST_WORLD_SIZE, which names the device classes."""
+@dataclasses.dataclass(frozen=True)
+class DeviceClass:
+    """A device class as tools/dist_tests.bzl declares it (DEVICE_CLASSES, dist_test_device_class)."""
+
+    name: str
+    least_world_size: int
+    # How a host's devices are counted before any rank: NVIDIA_DRIVER, a command's label, or None (none needed).
+    count: str | None = None
+    count_path: str | None = None  # the command's path in the runfiles (a target's line gives it)
+    visible_devices: str | None = None  # the variable that shows each rank its leased devices
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # set in every process of a run
+    torch_module: str | None = None  # torch.<module>.device_count() checks the count once torch has loaded
+    forkserver_proof: str | None = None  # "cuda", or None: ranks start by spawn
+
+    @property
+    def has_devices(self) -> bool:
+        return self.count is not None
+
+
+NVIDIA_DRIVER = "nvidia-driver"
+_CLASS_FIELDS = {"least_world_size": int, "count": (str, type(None)), "visible_devices": (str, type(None)),
+                 "env": dict, "torch_module": (str, type(None)), "forkserver_proof": (str, type(None))}
+
+
+def device_class(name: str, fields: Mapping) -> DeviceClass:
+    """A class from its fields: a table's struct(...) keywords, or a target line's `device_class` object."""
+    values = {key: fields[key] for key in _CLASS_FIELDS if key in fields}
+    for key, kind in _CLASS_FIELDS.items():
+        if key in values and (not isinstance(values[key], kind) or isinstance(values[key], bool)):
+            raise MatrixError(f"device class {name!r}: its {key} is {values[key]!r}")
+    if "least_world_size" not in values:
+        raise MatrixError(f"device class {name!r} has no least_world_size")
+    count = fields.get("count")
+    if isinstance(count, dict):  # a command, by label and by its path in the target's runfiles
+        values["count"], values["count_path"] = count.get("label"), count.get("path")
+        if not all(isinstance(values[k], str) and values[k] for k in ("count", "count_path")):
+            raise MatrixError(f"device class {name!r}: its count is {count!r}")
+    if (values.get("count") is None) != (values.get("visible_devices") is None):
+        raise MatrixError(f"device class {name!r}: count and visible_devices go together")
+    return DeviceClass(name=name, **values)
+
+
+def device_classes(table: str | None = None) -> dict[str, DeviceClass]:
+    """{name: class}: the table's DEVICE_CLASSES, which names this workspace's device classes."""
     table = table or TABLE
     try:
-        return ast.literal_eval(_literal(_parse(table), "LEAST_WORLD_SIZE", ast.Dict))
-    except (OSError, SyntaxError, ValueError, MatrixError) as error:
+        literal = _literal(_parse(table), "DEVICE_CLASSES", ast.Dict)
+        return {ast.literal_eval(key): device_class(ast.literal_eval(key), {
+            k.arg: ast.literal_eval(k.value) for k in value.keywords})  # type: ignore[attr-defined]
+            for key, value in zip(literal.keys, literal.values)}  # type: ignore[attr-defined]
+    except (OSError, SyntaxError, ValueError, AttributeError, MatrixError) as error:
         raise MatrixError(f"cannot read the device classes in {table}: {error}") from None
+
+
+def class_of_line(line: Mapping) -> DeviceClass | None:
+    """The device class a target's line carries (the matrix macro writes its declaration); None in an older form."""
+    fields = line.get("device_class")
+    if fields is None:
+        return None
+    if not isinstance(fields, dict) or fields.get("name") != line["device"]:
+        raise MatrixError(f"{line['name']}: its device_class {fields!r} is not its device {line['device']!r}'s "
+                          "declaration, as the matrix macro writes it")
+    return device_class(line["device"], fields)
 
 
 def lines(table: str | None = None) -> list[dict]:

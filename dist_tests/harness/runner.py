@@ -23,6 +23,7 @@ from dist_tests.harness import (
 )
 from dist_tests.harness import settings as settings_lib
 from dist_tests.harness.cuda_driver import DriverError, check_driver
+from dist_tests.harness.matrix import NVIDIA_DRIVER
 from dist_tests.harness.state import RUN, time_hint
 
 _KNOWN_FAILURES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "known_failures")
@@ -46,13 +47,15 @@ def configure() -> None:
     _leave_idle_filtered_shard()
     RUN.settings = settings
     RUN.start_method = settings.start_method
+    if settings.start_method == "forkserver" and not settings.device_class.forkserver_proof:
+        _without_forkserver_proof(settings)
     not_run = spawn_file.not_run_reason()
     if not_run:
         if not settings.allow_skip:
             die(f"{settings.target} does not run: {not_run}.\n"
                 "  Pass --test_env=DIST_TESTS_ALLOW_SKIP=1 to report every test as skipped instead.")
         RUN.skip_all_reason = f"not run: {not_run}"
-    if settings.device == "cpu" and not RUN.skip_all_reason:
+    if not settings.has_devices and not RUN.skip_all_reason:
         _check_network(settings)
     # Everything torch writes through tempfile (init files, barriers) lands in the work dir.
     tmp = os.path.join(settings.work_dir, "tmp")
@@ -61,16 +64,17 @@ def configure() -> None:
     # The server imports torch's test internals, which ask whether CUDA is available: through NVML,
     # that question does not initialise the CUDA driver, so its forked ranks can use CUDA.
     environment.prepare_for_torch(tmp, settings.line_env, settings.rank_threads, settings.device,
-                                  nvml_cuda_check=settings.start_method == "forkserver",
+                                  settings.device_class.env, nvml_cuda_check=settings.start_method == "forkserver",
                                   recorder_env=settings.recorder_env)
     if settings.line_env:
         given = " ".join(f"{name}={os.environ[name]}" + ("" if os.environ[name] == value else " (given)")
                          for name, value in sorted(settings.line_env.items()))
         print(f"dist_tests: {settings.target} runs with its matrix line's settings: {given}", file=sys.stderr,
               flush=True)
-    if settings.uses_gpu:
+    if settings.device_class.count == NVIDIA_DRIVER:
         _check_driver(settings)
-        _lease_gpus(settings)
+    if settings.has_devices:
+        _lease_devices(settings)
     if os.environ.get("DIST_TESTS_FAULT"):
         try:
             faults.parse_fault(os.environ["DIST_TESTS_FAULT"])
@@ -84,6 +88,15 @@ def prepare_plugin() -> None:
 
     plugin_preload.py does it when imported, once per process."""
     from dist_tests.harness import plugin_preload  # noqa: F401
+
+
+def _without_forkserver_proof(settings: settings_lib.Settings) -> None:
+    """A device class whose runtime has no forkserver proof (its line's declaration) starts its ranks by spawn."""
+    reason = (f"device class {settings.device!r} declares no forkserver proof (forkserver_proof), so nothing shows "
+              "that its runtime was not initialised in the server")
+    if settings.start_method_given:
+        die(f"{settings.target}: DIST_TESTS_START_METHOD=forkserver, but {reason}. Unset it, or set it to spawn.")
+    RUN.fall_back_to_spawn(reason)
 
 
 def _check_network(settings: settings_lib.Settings) -> None:
@@ -110,15 +123,16 @@ def _check_driver(settings: settings_lib.Settings) -> None:
         print(f"dist_tests: warning: {warning}", file=sys.stderr, flush=True)
 
 
-def _lease_gpus(settings: settings_lib.Settings) -> None:
-    """Holds WORLD_SIZE GPUs of the host for this run (gpu_leases); the wait counts against its timeout."""
+def _lease_devices(settings: settings_lib.Settings) -> None:
+    """Holds WORLD_SIZE devices of the host for this run (gpu_leases); the wait counts against its timeout."""
     give_up_at, why = None, ""
     if settings.deadline_s:
         give_up_at = budget.give_up_waiting_at(settings.deadline_s)  # waiting past this, no test could run
         why = (f": too little of this shard's Bazel timeout ({settings.deadline_s:.0f} s) was left to run a test. "
-               f"Free those GPUs, give the tests others (DIST_TESTS_GPUS), or {time_hint()}")
+               f"Free those devices, give the tests others (DIST_TESTS_GPUS), or {time_hint()}")
     try:
-        RUN.gpu_lease = gpu_leases.lease_gpus(settings.world_size, os.environ, give_up_at, why, settings.allow_skip)
+        RUN.gpu_lease = gpu_leases.lease_gpus(settings.world_size, os.environ, give_up_at, why, settings.allow_skip,
+                                              settings.device_class)
     except gpu_leases.LeaseError as error:
         die(f"{settings.target}: {error}")
 
@@ -143,10 +157,11 @@ def _leave_idle_filtered_shard() -> None:
     sys.exit(0)
 
 
-def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | None:
+def _missing_hardware(settings: settings_lib.Settings) -> str | None:
     import torch
     import torch.distributed as dist
 
+    backend, world_size, device_class = settings.backend, settings.world_size, settings.device_class
     available = {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available, "ucc": dist.is_ucc_available}
     # A plugin backend is available once prepare_plugin() saw its package register it.
     if backend in available and not available[backend]():
@@ -155,9 +170,20 @@ def _missing_hardware(backend: str, world_size: int, uses_gpu: bool) -> str | No
                 "--repo_env=DIST_TESTS_TORCH_WHEEL_SHA256=SHA256, or an interpreter that has one, "
                 "--repo_env=DIST_TESTS_PYTHON=PATH --repo_env=DIST_TESTS_USE_INTERPRETER_TORCH=1 "
                 "(docs/torch.md: Using another torch)")
-    if uses_gpu:
-        return settings_lib.missing_gpus(backend, world_size, torch.cuda.device_count())
-    return None
+    if not device_class.has_devices:
+        return None
+    word = gpu_leases.unit(device_class)
+    if device_class.torch_module:  # what torch itself shows the ranks, within the lease
+        module = getattr(torch, device_class.torch_module, None)
+        if module is None or not hasattr(module, "device_count"):
+            return (f"this torch build ({torch.__version__}) has no torch.{device_class.torch_module}, which device "
+                    f"class {device_class.name!r} counts its devices with: bring the class's own torch build")
+        return settings_lib.missing_devices(backend, world_size, module.device_count(), word)
+    if RUN.gpu_lease is not None:
+        return None
+    counted = gpu_leases.devices_before_torch(os.environ, device_class)
+    missing = settings_lib.missing_devices(backend, world_size, counted[0] if counted else 0, word)
+    return f"{missing} ({counted[1]})" if missing and counted else missing
 
 
 def _start_forkserver(settings: settings_lib.Settings) -> None:
@@ -221,12 +247,12 @@ def main(test_class: type) -> None:
             die(f"{settings.target}: its exclusion list {label} names tests this suite does not have: "
                 f"{', '.join(stale)}. Fix or remove those lines.")
 
-    missing = _missing_hardware(settings.backend, settings.world_size, settings.uses_gpu)
+    missing = _missing_hardware(settings)
     if missing:
         if not settings.allow_skip:
             die(f"{settings.target} cannot run: {missing}.\n"
-                "  Exclude GPU targets with --test_tag_filters=-gpu, or pass --test_env=DIST_TESTS_ALLOW_SKIP=1 "
-                "to report every test as skipped instead.")
+                f"  Exclude {settings.device} targets with --test_tag_filters=-{settings.device}, or pass "
+                "--test_env=DIST_TESTS_ALLOW_SKIP=1 to report every test as skipped instead.")
         RUN.skip_all_reason = f"not run: {missing}"
 
     test_filter = selection.filter_text(os.environ, sys.argv)

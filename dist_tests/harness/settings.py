@@ -53,7 +53,7 @@ class SettingsError(Exception):
 class Settings:
     backend: str
     world_size: int
-    device: str  # "cpu" or "gpu"
+    device: str  # the device class's name: "cpu", "gpu", or a class of one's own
     allow_skip: bool
     start_method: str
     start_method_given: bool  # DIST_TESTS_START_METHOD was set: no fallback from it
@@ -70,10 +70,13 @@ class Settings:
     # The variables that turn torch's flight recorder on in the ranks ({}: the user set them); None: off.
     recorder_env: Mapping[str, str] | None = None
     exclusions: tuple[str, str] | None = None  # the line's exclusion list: (its label, its path here)
+    # The device class's declaration (tools/dist_tests.bzl): its devices, leases, switches and forkserver proof.
+    device_class: matrix.DeviceClass = matrix.DeviceClass("cpu", 2)
 
     @property
-    def uses_gpu(self) -> bool:
-        return self.device == "gpu"
+    def has_devices(self) -> bool:
+        """Whether each rank needs a device of its own, which the run leases (a gpu line's GPU)."""
+        return self.device_class.has_devices
 
 
 def max_world_size() -> int:
@@ -97,17 +100,19 @@ def _backend(env: Mapping[str, str], backends: Mapping[str, str]) -> str:
     raise SettingsError(f"BACKEND={value!r} is not a backend of this suite. Use one of: {allowed}.{hint}")
 
 
-def _device(env: Mapping[str, str], backend: str, backends: Mapping[str, str], devices: Mapping[str, int]) -> str:
+def _device(env: Mapping[str, str], backend: str, backends: Mapping[str, str],
+            devices: Mapping[str, matrix.DeviceClass]) -> matrix.DeviceClass:
     """DIST_TESTS_DEVICE, which each target sets; by hand, unset, the device of BACKEND's lines in the matrix."""
     value = env.get("DIST_TESTS_DEVICE") or backends[backend]
     if value not in devices:
         raise SettingsError(f"DIST_TESTS_DEVICE={value!r}: use one of {', '.join(devices)} (or leave it unset).")
-    return value
+    return devices[value]
 
 
-def _world_size(env: Mapping[str, str], device: str, least_by_device: Mapping[str, int]) -> int:
-    """WORLD_SIZE: at least the device class's fewest ranks (LEAST_WORLD_SIZE in the matrix's file)."""
-    least = least_by_device[device]
+def _world_size(env: Mapping[str, str], device_class: matrix.DeviceClass,
+                devices: Mapping[str, matrix.DeviceClass]) -> int:
+    """WORLD_SIZE: at least the device class's fewest ranks (its least_world_size in tools/dist_tests.bzl)."""
+    device, least = device_class.name, device_class.least_world_size
     value = env.get("WORLD_SIZE")
     if value is None or not value.strip():
         raise SettingsError(f"WORLD_SIZE is not set. Set it to the number of ranks, an integer >= {least} "
@@ -121,11 +126,12 @@ def _world_size(env: Mapping[str, str], device: str, least_by_device: Mapping[st
         raise SettingsError(
             f"WORLD_SIZE={size} is too small: the spawn suite needs at least 1 rank.")
     if size < least:
+        fewer = sorted(name for name, other in devices.items() if other.least_world_size <= size)
         raise SettingsError(
             f"WORLD_SIZE={size} is too small for device class {device!r}: "
-            f"on {device.upper()} the spawn suite needs at least {least} ranks. "
-            "One rank runs only on a GPU host, as upstream does there: "
-            "set DIST_TESTS_DEVICE=gpu (targets nccl_1, gloo_gpu_1)."
+            f"on {device.upper()} the spawn suite needs at least {least} ranks."
+            + (f" Device classes whose lines may have {size}: {', '.join(fewer)} (set DIST_TESTS_DEVICE); one rank is "
+               "what upstream runs on a 1-GPU host (targets nccl_1, gloo_gpu_1)." if fewer else "")
         )
     limit = max_world_size()
     if size > limit:
@@ -206,15 +212,18 @@ def _work_dir(env: Mapping[str, str]) -> str:
     return base
 
 
-def _classes(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, int]]:
-    """{backend: device class} and {device class: fewest ranks}: the table's, and the target's own line's backend."""
+def _classes(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, matrix.DeviceClass]]:
+    """{backend: device class name} and {name: device class}: the table's, and the target's own line's."""
     try:
-        backends, devices = matrix.device_of_backends(), matrix.least_world_size()
+        backends, devices = matrix.device_of_backends(), matrix.device_classes()
         line = matrix.line_of_target(env)
+        own_class = matrix.class_of_line(line) if line is not None else None
     except matrix.MatrixError as error:
         raise SettingsError(str(error)) from None
     if line is not None:
         backends.setdefault(line["backend"], line["device"])
+    if own_class is not None:  # the target's own declaration, as its macro wrote it
+        devices[own_class.name] = own_class
     return backends, devices
 
 
@@ -224,15 +233,15 @@ def device_class(env: Mapping[str, str] = os.environ) -> str:
     tools/python asks it (by_hand.py) to choose the package set a command runs with.
     """
     backends, devices = _classes(env)
-    return _device(env, _backend(env, backends), backends, devices)
+    return _device(env, _backend(env, backends), backends, devices).name
 
 
-def cell(env: Mapping[str, str] = os.environ) -> tuple[str, str, int]:
-    """(backend, device class, world size), checked as load() checks them: what decides the packages and GPUs."""
+def cell(env: Mapping[str, str] = os.environ) -> tuple[str, matrix.DeviceClass, int]:
+    """(backend, device class, world size), checked as load() checks them: what decides the packages and devices."""
     backends, devices = _classes(env)
     backend = _backend(env, backends)
-    device = _device(env, backend, backends, devices)
-    return backend, device, _world_size(env, device, devices)
+    device_class = _device(env, backend, backends, devices)
+    return backend, device_class, _world_size(env, device_class, devices)
 
 
 def _run_line(env: Mapping[str, str], backend: str, world_size: int, device: str) -> dict:
@@ -252,17 +261,18 @@ def _run_line(env: Mapping[str, str], backend: str, world_size: int, device: str
     return line
 
 
-def missing_gpus(backend: str, world_size: int, gpus: int) -> str | None:
-    """Why a GPU run of world_size ranks cannot run with `gpus` GPUs (each rank needs its own), or None."""
-    if gpus >= world_size:
+def missing_devices(backend: str, world_size: int, devices: int, word: str = "GPU") -> str | None:
+    """Why a run of world_size ranks cannot run with `devices` devices (each rank needs its own), or None."""
+    if devices >= world_size:
         return None
-    return (f"{backend} with WORLD_SIZE={world_size} needs {world_size} GPU{'s' if world_size > 1 else ''}, "
-            f"and this host has {gpus}")
+    return (f"{backend} with WORLD_SIZE={world_size} needs {world_size} {word}{'s' if world_size > 1 else ''}, "
+            f"and this host has {devices}")
 
 
 def load(env: Mapping[str, str] = os.environ) -> Settings:
     """Checks every setting; raises SettingsError on the first bad one."""
-    backend, device, world_size = cell(env)
+    backend, device_class, world_size = cell(env)
+    device = device_class.name
     _shards(env)
     given = env.get("DIST_TESTS_START_METHOD", "")
     start_method = given or DEFAULT_START_METHOD
@@ -305,6 +315,7 @@ def load(env: Mapping[str, str] = os.environ) -> Settings:
         plugin=plugin,
         recorder_env=recorder_env,
         exclusions=_exclusions(line),
+        device_class=device_class,
     )
 
 

@@ -34,8 +34,17 @@ _WRAPPER_TEMPLATE = """#!/bin/sh
 here=$(cd "$(dirname "$0")" && pwd)
 # Logical paths (cd, not realpath): beside this folder in runfiles or in the output base.
 repos=$(cd "$here/.." && pwd)
+# A matrix target names its class's package repository (DIST_TESTS_PACKAGES: dist_python_cpu, or a
+# class's own); without it, the class is DIST_TESTS_DEVICE's, of this repository's two.
 # Unset: cpu; but a target's binary run by hand holds one class's packages, and runs as that class.
 device="${{DIST_TESTS_DEVICE:-}}"
+if [ -n "${{DIST_TESTS_PACKAGES:-}}" ]; then
+  packages="$repos/$DIST_TESTS_PACKAGES/site-packages"
+  if [ ! -d "$packages" ]; then
+    echo "dist_tests: error: DIST_TESTS_PACKAGES=$DIST_TESTS_PACKAGES, but this program holds no Python packages at $packages. A target of device class ${{device:-?}} needs data = [\\"@$DIST_TESTS_PACKAGES//:site_packages\\"] (the matrix macro adds its class's packages); by hand, unset DIST_TESTS_PACKAGES." >&2
+    exit 3
+  fi
+else
 if [ -z "$device" ]; then
   device=cpu
   if [ ! -d "$repos/dist_python_cpu/site-packages" ] && [ -d "$repos/dist_python_gpu/site-packages" ]; then
@@ -47,7 +56,7 @@ fi
 case "$device" in
   cpu | gpu) ;;
   *)
-    echo "dist_tests: error: DIST_TESTS_DEVICE='$device': use one of cpu, gpu (a device class of DIST_TEST_MATRIX), or leave it unset." >&2
+    echo "dist_tests: error: DIST_TESTS_DEVICE='$device': use one of cpu, gpu (a device class of DIST_TEST_MATRIX), or leave it unset; a class of one's own also needs DIST_TESTS_PACKAGES, its packages' repository." >&2
     exit 3
     ;;
 esac
@@ -60,6 +69,7 @@ if [ ! -d "$packages" ]; then
     echo "dist_tests: error: no Python packages for device class '$device' at $packages. A target of that class needs data = [\\"@dist_python_$device//:site_packages\\"] (the matrix macro adds it)." >&2
   fi
   exit 3
+fi
 fi
 PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}$packages"
 export PYTHONPATH

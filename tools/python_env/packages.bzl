@@ -5,7 +5,8 @@ Python, `LOCKS` in common.bzl; a Python without one is refused before any test s
 pip's own sources: install_lock.py)
 into one `site-packages` folder (one folder: torch finds its CUDA libraries beside it),
 compiles it to deterministic bytecode, and exposes it as `:site_packages`, which a test target
-names in its `data` (see interpreter.bzl for why). `environment.txt` (device class, lock, and
+names in its `data` (see interpreter.bzl for why). A device class of one's own (tools/dist_tests.bzl)
+names its own lock (`lock`), for the one Python its `# python:` line names. `environment.txt` (device class, lock, and
 where torch came from) is part of it, so it is an input of every test of that class.
 
 The repository is fetched only when a target that needs it is built: a CPU-only command never
@@ -211,7 +212,15 @@ def _python_packages_impl(rctx):
     if interpreter_torch:
         lock = rctx.attr.harness_lock
         python = host_python(rctx, lock)
+    elif rctx.attr.lock:
+        # A device class of one's own, from its owner's lock (a torch build of its own), for one Python.
+        lock = rctx.attr.lock
+        python = host_python(rctx, lock)
     else:
+        if rctx.attr.device not in LOCKS:
+            fail_with(("device class %r has no lock of dist_tests' own (%s): give its python_packages a `lock` of its own,\n" +
+                       "a hash-locked requirements file with a '# python: X.Y' line (docs/backends.md).") % (rctx.attr.device, ", ".join(sorted(LOCKS))))
+
         # The lock of the host's Python (one per Python); none for it stops here, before any test.
         # The cpu class falls back to the gpu lock (PyPI's CUDA build, which runs on CPUs too) for
         # a Python with no CPU lock: the CPU build lives on an index of its own, not PyPI.
@@ -266,11 +275,15 @@ def _python_packages_impl(rctx):
 python_packages = repository_rule(
     implementation = _python_packages_impl,
     attrs = {
-        "device": attr.string(mandatory = True, doc = "The device class whose targets use these packages (cpu or gpu)."),
+        "device": attr.string(mandatory = True, doc = "The device class whose targets use these packages (cpu, gpu, or one's own)."),
         "harness_lock": attr.label(
             default = "//third_party/python:harness_lock.txt",
             allow_single_file = True,
             doc = "The harness's packages alone, for the interpreter's own torch (a '# python: X.Y-X.Z' range).",
+        ),
+        "lock": attr.label(
+            allow_single_file = True,
+            doc = "A device class's own lock (hash-pinned, with a '# python: X.Y' line); unset: the class's lock here (LOCKS).",
         ),
         "_environment_cache": attr.label(default = "//tools/python_env:environment_cache.py", allow_single_file = True),
         "_install_lock": attr.label(default = "//tools/python_env:install_lock.py", allow_single_file = True),
