@@ -95,16 +95,16 @@ _CLASS_FIELDS = {"least_world_size": int, "count": (str, type(None)), "visible_d
 def device_class(name: str, fields: Mapping) -> DeviceClass:
     """A class from its fields: a table's struct(...) keywords, or a target line's `device_class` object."""
     values = {key: fields[key] for key in _CLASS_FIELDS if key in fields}
-    for key, kind in _CLASS_FIELDS.items():
-        if key in values and (not isinstance(values[key], kind) or isinstance(values[key], bool)):
-            raise MatrixError(f"device class {name!r}: its {key} is {values[key]!r}")
-    if "least_world_size" not in values:
-        raise MatrixError(f"device class {name!r} has no least_world_size")
     count = fields.get("count")
     if isinstance(count, dict):  # a command, by label and by its path in the target's runfiles
         values["count"], values["count_path"] = count.get("label"), count.get("path")
         if not all(isinstance(values[k], str) and values[k] for k in ("count", "count_path")):
             raise MatrixError(f"device class {name!r}: its count is {count!r}")
+    for key, kind in _CLASS_FIELDS.items():
+        if key in values and (not isinstance(values[key], kind) or isinstance(values[key], bool)):
+            raise MatrixError(f"device class {name!r}: its {key} is {values[key]!r}")
+    if "least_world_size" not in values:
+        raise MatrixError(f"device class {name!r} has no least_world_size")
     if (values.get("count") is None) != (values.get("visible_devices") is None):
         raise MatrixError(f"device class {name!r}: count and visible_devices go together")
     return DeviceClass(name=name, **values)

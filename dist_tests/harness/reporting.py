@@ -25,7 +25,7 @@ from typing import Any
 
 from absl.testing import xml_reporter
 
-from dist_tests.harness import shared
+from dist_tests.harness import gpu_leases, shared
 from dist_tests.harness.shared import (
     CELL_PROPERTY,
     EXCLUDED_PREFIX,
@@ -188,10 +188,15 @@ class _Result(xml_reporter._TextAndXMLTestResult):
                             f"{self._known} known failures, "
                             + (f"{self._excluded} excluded, " if self._excluded else "")
                             + f"{len(self._not_run)} did not run, {len(self._flaky)} flaky"
-                            + (f", on leased GPUs {RUN.gpu_lease.names()}" if RUN.gpu_lease else "")
+                            + (f", on leased {_leased_unit()}s {RUN.gpu_lease.names()}" if RUN.gpu_lease else "")
                             + (", ranks by spawn after a forkserver fallback" if RUN.start_method_fallback else ""))
         if RUN.start_method_fallback:
             self.stream.writeln(f"  start method: {RUN.start_method_note()}")
+
+
+def _leased_unit() -> str:
+    """What the run leased one of: a GPU, or a device of its class."""
+    return gpu_leases.unit(RUN.settings.device_class) if RUN.settings else "GPU"
 
 
 class SpawnTestRunner(xml_reporter.TextAndXMLTestRunner):

@@ -131,6 +131,8 @@ def _lease_devices(settings: settings_lib.Settings) -> None:
         why = (f": too little of this shard's Bazel timeout ({settings.deadline_s:.0f} s) was left to run a test. "
                f"Free those devices, give the tests others (DIST_TESTS_GPUS), or {time_hint()}")
     try:
+        if not settings.device_class.torch_module:  # nothing after torch loads can count them
+            RUN.devices_counted = gpu_leases.devices_before_torch(os.environ, settings.device_class)
         RUN.gpu_lease = gpu_leases.lease_gpus(settings.world_size, os.environ, give_up_at, why, settings.allow_skip,
                                               settings.device_class)
     except gpu_leases.LeaseError as error:
@@ -181,7 +183,7 @@ def _missing_hardware(settings: settings_lib.Settings) -> str | None:
         return settings_lib.missing_devices(backend, world_size, module.device_count(), word)
     if RUN.gpu_lease is not None:
         return None
-    counted = gpu_leases.devices_before_torch(os.environ, device_class)
+    counted = RUN.devices_counted
     missing = settings_lib.missing_devices(backend, world_size, counted[0] if counted else 0, word)
     return f"{missing} ({counted[1]})" if missing and counted else missing
 

@@ -20,7 +20,9 @@ class Run:
     filter_text: str = ""  # the --test_filter (or -k) words as given
     selected_total: int = -1  # tests the filter selects across all shards; -1 = no filter
     started: float = time.monotonic()
-    gpu_lease: Lease | None = None  # the GPUs this run holds (GPU targets)
+    gpu_lease: Lease | None = None  # the devices this run holds (a class with devices: GPU targets)
+    # A class without a torch module: its devices as counted before the lease, and who counted them.
+    devices_counted: tuple[int, str] | None = None
     start_method: str = "spawn"  # how ranks start now: the settings' method until a fallback
     start_method_fallback: str | None = None  # why the run left the forkserver for spawn
     network_shared: bool = False  # a CPU target's action shares the Bazel server's network (network.py)
