@@ -18,6 +18,7 @@ they are fixed; one that the workspace declared already (a real rules_python, sa
 
 load("//tools/gpu:host.bzl", "dist_tests_host")
 load("//tools/gpu:scheduling.bzl", "gpu_scheduling")
+load("//tools/python_env:common.bzl", "LOCKS")
 load("//tools/python_env:interpreter.bzl", "python_interpreter")
 load("//tools/python_env:packages.bzl", "python_packages")
 
@@ -69,6 +70,7 @@ def dist_tests_dependencies():
 
     # One hash-locked package set per device class; each target carries its class's set
     # (tools/dist_tests.bzl). Each class has a lock per Python; the host's version picks its own
-    # (LOCKS in tools/python_env/common.bzl).
-    for device in ["cpu", "gpu"]:
+    # (LOCKS in tools/python_env/common.bzl). A class of one's own declares its own set, from its
+    # own lock, after this call (docs/backends.md).
+    for device in sorted(LOCKS):
         _declare("dist_python_" + device, python_packages, device = device)

@@ -190,14 +190,14 @@ class SpawnHarness:
                 return start, codes.index(BAD_FORK_EXIT_CODE)
             killed = [f"rank {r} was killed by {ranks.signal_name(c)}"
                       for r, c in enumerate(codes) if c is not None and c < 0]
-            if all(code is not None for code in codes):
-                if killed:  # every rank ended before the loop looked: name the signals all the same
-                    self._dist_abnormal = True
-                    self._dist_cause = "; ".join(killed)
-                return start, None
             errored = [r for r, c in enumerate(codes) if c == MultiProcessTestCase.TEST_ERROR_EXIT_CODE]
-            if errored or killed:
-                causes = killed + [f"rank {r} raised an exception" for r in errored]
+            causes = killed + [f"rank {r} raised an exception" for r in errored]
+            if all(code is not None for code in codes):
+                if causes:  # every rank ended before the loop looked (a loaded host): name them all the same
+                    self._dist_abnormal = bool(killed)
+                    self._dist_cause = "; ".join(causes)
+                return start, None
+            if causes:
                 self._dist_abnormal = bool(killed)
                 self._end_with("; ".join(causes))
                 return start, None
