@@ -1,12 +1,7 @@
 """A shard whose Bazel timeout runs out never passes for the tests it did not run, and a
 per-test timeout cut below torch's own says so in that test's failure."""
 
-import pytest
-
 from conftest import all_cases, bazel, results, shard_log
-
-# Mostly waiting for shards' time to run out, in any checkout's server: the second lane (tools/selftest).
-pytestmark = pytest.mark.second_lane
 
 TARGET = "//dist_tests:gloo_2"
 
