@@ -148,6 +148,40 @@ def test_indices_the_driver_does_not_show_are_refused_and_the_default_is_the_vis
     assert gpu_leases.gpu_pool({"DIST_TESTS_GPUS": "6,7"}, shown=None)[0] == [6, 7]
 
 
+def accel(tmp_path: pathlib.Path, script: str) -> gpu_leases.DeviceClass:
+    """A device class of one's own whose devices the given shell script counts, as a target's line declares it."""
+    command = tmp_path / "count.sh"
+    command.write_text(f"#!/bin/sh\n{script}\n")
+    command.chmod(0o755)
+    return gpu_leases.DeviceClass("accel", 1, count="//vendor:count.sh", count_path=str(command),
+                                  visible_devices="ACCEL_VISIBLE_DEVICES")
+
+
+def test_a_class_of_ones_own_is_counted_by_its_command_within_its_own_variable(tmp_path):
+    shown, source = gpu_leases.count_devices(accel(tmp_path, "echo 4"), {})
+    assert shown == [0, 1, 2, 3] and source == "the accel devices //vendor:count.sh counts"
+    # The user's own value of the class's variable narrows the pool, as CUDA_VISIBLE_DEVICES does for GPUs.
+    pool, why = gpu_leases.gpu_pool({"ACCEL_VISIBLE_DEVICES": "3,1"}, shown, "ACCEL_VISIBLE_DEVICES", source)
+    assert pool == [1, 3] and why.endswith("within ACCEL_VISIBLE_DEVICES=3,1")
+
+
+@pytest.mark.parametrize("script, message", [
+    ("echo two", "exited 0 and printed 'two'"),
+    ("echo no device here >&2; exit 2", "exited 2 and printed '' (no device here)"),
+    ("exec sleep 600", "did not finish within 1 s"),
+    ("sleep 600 & echo 2; wait", "did not finish within 1 s"),  # its child holds the output open
+])
+def test_a_count_command_that_fails_hangs_or_prints_no_number_stops_the_run_naming_it(tmp_path, monkeypatch, script,
+                                                                                      message):
+    monkeypatch.setattr(gpu_leases, "_COUNT_TIMEOUT_S", 1.0)
+    started = time.monotonic()
+    with pytest.raises(gpu_leases.LeaseError) as error:
+        gpu_leases.count_devices(accel(tmp_path, script), {})
+    assert "//vendor:count.sh" in str(error.value) and message in str(error.value), str(error.value)
+    assert "Fix //vendor:count.sh: it must print the number of accel devices on this host" in str(error.value)
+    assert time.monotonic() - started < 30
+
+
 def test_a_run_that_does_not_fit_waits_naming_the_holder_then_runs(python, tmp_path, leases):
     first = start_holder(python, by_hand_env(tmp_path, **leases.env("0,1")), tmp_path / "first.log")
     [held] = leases.wait_for_holders(1, [first])

@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import fcntl
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,18 +94,23 @@ def count_devices(device_class: DeviceClass, env: Mapping[str, str]) -> tuple[li
                          "run a target of the class")
     fix = f"Fix {label}: it must print the number of {unit(device_class)}s on this host, and exit 0"
     try:
-        done = subprocess.run([os.path.abspath(path)], env=dict(env), capture_output=True, text=True,
-                              timeout=_COUNT_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise LeaseError(f"{label}, which counts the {unit(device_class)}s, did not finish within "
-                         f"{_COUNT_TIMEOUT_S:.0f} s. {fix}.") from None
+        # A session of its own: a hung command is ended with whatever it started, which could hold its output open.
+        command = subprocess.Popen([os.path.abspath(path)], env=dict(env), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     except OSError as error:
         raise LeaseError(f"{label}, which counts the {unit(device_class)}s, cannot run ({error.strerror}). {fix}.") \
             from None
-    printed = done.stdout.strip()
-    if done.returncode != 0 or not printed.isdigit():
-        said = (done.stderr.strip() or printed)[-300:]
-        raise LeaseError(f"{label}, which counts the {unit(device_class)}s, exited {done.returncode} and printed "
+    try:
+        stdout, stderr = command.communicate(timeout=_COUNT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(command.pid, signal.SIGKILL)
+        command.communicate()
+        raise LeaseError(f"{label}, which counts the {unit(device_class)}s, did not finish within "
+                         f"{_COUNT_TIMEOUT_S:.0f} s. {fix}.") from None
+    printed = stdout.strip()
+    if command.returncode != 0 or not printed.isdigit():
+        said = (stderr.strip() or printed)[-300:]
+        raise LeaseError(f"{label}, which counts the {unit(device_class)}s, exited {command.returncode} and printed "
                          f"{printed[:100]!r}{f' ({said})' if said and said != printed else ''}. {fix}.")
     return list(range(int(printed))), f"the {unit(device_class)}s {label} counts"
 
