@@ -303,9 +303,10 @@ def describe_me(env: Mapping[str, str]) -> str:
 
 
 def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None, why_give_up: str,
-               allow_skip: bool, device_class: DeviceClass) -> Lease | None:
+               allow_skip: bool, device_class: DeviceClass) -> tuple[Lease | None, tuple[int, str] | None]:
     """Leases world_size devices of the class for a run and shows its ranks only those (the class's
-    visible-devices variable); None when the pool is too small.
+    visible-devices variable); returns the lease (None when the pool is too small) and the pool's size and
+    where it came from (None where nothing counted it).
 
     A pool smaller than the ranks is the missing-hardware case that the run reports (or skips)
     after torch loads; only a DIST_TESTS_GPUS too short for the ranks is an error here.
@@ -319,14 +320,14 @@ def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None
         # No driver to ask (no GPU here, or one this check cannot see): the ranks see what they see.
         say(f"no NVIDIA driver shows GPUs here ({_DRIVER_GPUS}), so none were leased; "
             "DIST_TESTS_GPUS names GPUs to lease")
-        return None
+        return None, None
     pool, source = gpu_pool(env, shown, visible, source)
     if len(pool) < world_size:
         if env.get("DIST_TESTS_GPUS", "").strip() and not allow_skip:
             raise LeaseError(f"WORLD_SIZE={world_size} needs {_units(world_size, word)}, and {source} names "
                              f"{len(pool)}: name at least {world_size}.")
         environment.show_devices(visible, ",".join(map(str, pool)))
-        return None
+        return None, (len(pool), source)
     folder = lock_folder(env)
     lease = acquire(pool, world_size, folder, describe_me(env), give_up_at, say, why_give_up,
                     prefix=device_class.name, word=word)
@@ -334,4 +335,4 @@ def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None
     waited = f" after waiting {lease.waited_s:.1f} s" if lease.waited_s else ""
     say(f"leased {word}s {lease.names()} of {_listing(pool, word)} ({source}){waited}; locks in {folder}, "
         f"shown to the ranks as {visible}={lease.names()}")
-    return lease
+    return lease, (len(pool), source)

@@ -131,10 +131,8 @@ def _lease_devices(settings: settings_lib.Settings) -> None:
         why = (f": too little of this shard's Bazel timeout ({settings.deadline_s:.0f} s) was left to run a test. "
                f"Free those devices, give the tests others (DIST_TESTS_GPUS), or {time_hint()}")
     try:
-        if not settings.device_class.torch_module:  # nothing after torch loads can count them
-            RUN.devices_counted = gpu_leases.devices_before_torch(os.environ, settings.device_class)
-        RUN.gpu_lease = gpu_leases.lease_gpus(settings.world_size, os.environ, give_up_at, why, settings.allow_skip,
-                                              settings.device_class)
+        RUN.gpu_lease, RUN.devices_counted = gpu_leases.lease_gpus(
+            settings.world_size, os.environ, give_up_at, why, settings.allow_skip, settings.device_class)
     except gpu_leases.LeaseError as error:
         die(f"{settings.target}: {error}")
 

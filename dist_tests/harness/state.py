@@ -21,7 +21,7 @@ class Run:
     selected_total: int = -1  # tests the filter selects across all shards; -1 = no filter
     started: float = time.monotonic()
     gpu_lease: Lease | None = None  # the devices this run holds (a class with devices: GPU targets)
-    # A class without a torch module: its devices as counted before the lease, and who counted them.
+    # The devices the lease could choose from, and who counted them (what a class without a torch module goes by).
     devices_counted: tuple[int, str] | None = None
     start_method: str = "spawn"  # how ranks start now: the settings' method until a fallback
     start_method_fallback: str | None = None  # why the run left the forkserver for spawn
