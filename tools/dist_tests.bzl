@@ -76,6 +76,10 @@ DIST_TEST_MATRIX = [
     }),
 ]
 
+def _given(optional):
+    """The optional fields that were given: one left None is absent, as if never named."""
+    return {key: value for key, value in optional.items() if value != None}
+
 def dist_test_line(backend, world_size, device, shard_count, timeout, name = None, env = None, plugin = None, exclude = None):
     """One matrix line, for a BUILD file of one's own (where `struct` is not available).
 
@@ -100,8 +104,7 @@ def dist_test_line(backend, world_size, device, shard_count, timeout, name = Non
     Returns:
       The line.
     """
-    optional = {"env": env, "exclude": exclude, "name": name, "plugin": plugin}
-    fields = {key: value for key, value in optional.items() if value != None}
+    fields = _given({"env": env, "exclude": exclude, "name": name, "plugin": plugin})
     return struct(backend = backend, world_size = world_size, device = device, shard_count = shard_count, timeout = timeout, **fields)
 
 def dist_test_name(cell):
@@ -197,15 +200,14 @@ def dist_test_device_class(least_world_size, packages, count = None, visible_dev
     Returns:
       The class.
     """
-    optional = {
+    fields = _given({
         "count": count,
         "env": env,
         "forkserver_proof": forkserver_proof,
         "pool": pool,
         "torch_module": torch_module,
         "visible_devices": visible_devices,
-    }
-    fields = {key: value for key, value in optional.items() if value != None}
+    })
     return struct(least_world_size = least_world_size, packages = packages, **fields)
 
 # What a device class's fields must be: (name, type, required).

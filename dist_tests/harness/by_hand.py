@@ -50,11 +50,10 @@ def device(args: Sequence[str], caller_dir: str, env: Mapping[str, str] = os.env
         word = gpu_leases.unit(device_class)
         missing = settings.missing_devices(backend, world_size, counted[0], word) if counted else None
         if counted and missing:
-            needed = f"{world_size} {word}{'s' if world_size > 1 else ''}"
             settings.exit_with_setup_error(
-                f"{missing} ({counted[1]}).\n  Run it on a host with {needed}, or on CPU here (BACKEND=gloo, "
-                "DIST_TESTS_DEVICE unset); DIST_TESTS_ALLOW_SKIP=1 reports every test skipped instead. "
-                "No rank was started.")
+                f"{missing} ({counted[1]}).\n  Run it on a host with {settings.count_of(world_size, word)}, or on CPU "
+                "here (BACKEND=gloo, DIST_TESTS_DEVICE unset); DIST_TESTS_ALLOW_SKIP=1 reports every test skipped "
+                "instead. No rank was started.")
     return device_class.name
 
 if __name__ == "__main__":

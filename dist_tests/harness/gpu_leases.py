@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 
 from dist_tests.harness import environment
 from dist_tests.harness.matrix import NVIDIA_DRIVER, DeviceClass
-from dist_tests.harness.settings import unwritable_reason
+from dist_tests.harness.settings import count_of, unwritable_reason
 
 DEFAULT_LOCK_DIR = "/dev/shm/dist_tests_gpu_leases"
 _DRIVER_GPUS = "/proc/driver/nvidia/gpus"  # one folder per GPU the driver shows, named by PCI address
@@ -74,10 +74,6 @@ def driver_gpus() -> list[int] | None:
 def unit(device_class: DeviceClass) -> str:
     """What one device of the class is called in messages: a GPU, or an XPU device."""
     return "GPU" if device_class.count == NVIDIA_DRIVER else f"{device_class.name} device"
-
-
-def _units(count: int, word: str) -> str:
-    return f"{count} {word}{'s' if count != 1 else ''}"
 
 
 def count_devices(device_class: DeviceClass, env: Mapping[str, str]) -> tuple[list[int] | None, str]:
@@ -174,14 +170,11 @@ def devices_before_torch(env: Mapping[str, str], device_class: DeviceClass) -> t
     if env.get("DIST_TESTS_GPUS", "").strip():
         return None
     try:
-        if device_class.count != NVIDIA_DRIVER:
-            shown, source = count_devices(device_class, env)
-            pool, source = gpu_pool(env, shown, device_class.visible_devices or "", source)
-            return len(pool), source
-        shown = driver_gpus()
-        if shown is None and os.path.exists("/dev/kfd"):
-            return None
-        return gpu_count(env, shown)
+        shown, source = count_devices(device_class, env)
+        if shown is None:  # no NVIDIA driver
+            return None if os.path.exists("/dev/kfd") else gpu_count(env, shown)
+        pool, source = gpu_pool(env, shown, device_class.visible_devices or "", source)
+        return len(pool), source
     except LeaseError:
         return None  # the lease says what is wrong, with the run's target
 
@@ -324,7 +317,7 @@ def lease_gpus(world_size: int, env: Mapping[str, str], give_up_at: float | None
     pool, source = gpu_pool(env, shown, visible, source)
     if len(pool) < world_size:
         if env.get("DIST_TESTS_GPUS", "").strip() and not allow_skip:
-            raise LeaseError(f"WORLD_SIZE={world_size} needs {_units(world_size, word)}, and {source} names "
+            raise LeaseError(f"WORLD_SIZE={world_size} needs {count_of(world_size, word)}, and {source} names "
                              f"{len(pool)}: name at least {world_size}.")
         environment.show_devices(visible, ",".join(map(str, pool)))
         return None, (len(pool), source)

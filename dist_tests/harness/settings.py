@@ -261,12 +261,16 @@ def _run_line(env: Mapping[str, str], backend: str, world_size: int, device: str
     return line
 
 
+def count_of(count: int, word: str) -> str:
+    """A number of things in words: 1 GPU, 2 GPUs, 2 accel devices."""
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
 def missing_devices(backend: str, world_size: int, devices: int, word: str = "GPU") -> str | None:
     """Why a run of world_size ranks cannot run with `devices` devices (each rank needs its own), or None."""
     if devices >= world_size:
         return None
-    return (f"{backend} with WORLD_SIZE={world_size} needs {world_size} {word}{'s' if world_size > 1 else ''}, "
-            f"and this host has {devices}")
+    return f"{backend} with WORLD_SIZE={world_size} needs {count_of(world_size, word)}, and this host has {devices}"
 
 
 def load(env: Mapping[str, str] = os.environ) -> Settings:

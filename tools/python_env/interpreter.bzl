@@ -45,31 +45,31 @@ if [ -n "${{DIST_TESTS_PACKAGES:-}}" ]; then
     exit 3
   fi
 else
-if [ -z "$device" ]; then
-  device=cpu
-  if [ ! -d "$repos/dist_python_cpu/site-packages" ] && [ -d "$repos/dist_python_gpu/site-packages" ]; then
-    device=gpu
-    DIST_TESTS_DEVICE=gpu
-    export DIST_TESTS_DEVICE
+  if [ -z "$device" ]; then
+    device=cpu
+    if [ ! -d "$repos/dist_python_cpu/site-packages" ] && [ -d "$repos/dist_python_gpu/site-packages" ]; then
+      device=gpu
+      DIST_TESTS_DEVICE=gpu
+      export DIST_TESTS_DEVICE
+    fi
   fi
-fi
-case "$device" in
-  cpu | gpu) ;;
-  *)
-    echo "dist_tests: error: DIST_TESTS_DEVICE='$device': use one of cpu, gpu (a device class of DIST_TEST_MATRIX), or leave it unset; a class of one's own also needs DIST_TESTS_PACKAGES, its packages' repository." >&2
+  case "$device" in
+    cpu | gpu) ;;
+    *)
+      echo "dist_tests: error: DIST_TESTS_DEVICE='$device': use one of cpu, gpu (a device class of DIST_TEST_MATRIX), or leave it unset; a class of one's own also needs DIST_TESTS_PACKAGES, its packages' repository." >&2
+      exit 3
+      ;;
+  esac
+  packages="$repos/dist_python_$device/site-packages"
+  if [ ! -d "$packages" ]; then
+    others=$(cd "$repos" && ls -d dist_python_cpu/site-packages dist_python_gpu/site-packages 2>/dev/null | cut -d/ -f1 | sed 's/dist_python_//' | tr '\\n' ' ')
+    if [ -n "$others" ]; then
+      echo "dist_tests: error: DIST_TESTS_DEVICE=$device, but this program holds the Python packages of device class ${{others% }} only. Unset DIST_TESTS_DEVICE (or set it to ${{others% }}), or run a target of class $device: tools/bazel test //dist_tests:... --test_tag_filters=$device." >&2
+    else
+      echo "dist_tests: error: no Python packages for device class '$device' at $packages. A target of that class needs data = [\\"@dist_python_$device//:site_packages\\"] (the matrix macro adds it)." >&2
+    fi
     exit 3
-    ;;
-esac
-packages="$repos/dist_python_$device/site-packages"
-if [ ! -d "$packages" ]; then
-  others=$(cd "$repos" && ls -d dist_python_cpu/site-packages dist_python_gpu/site-packages 2>/dev/null | cut -d/ -f1 | sed 's/dist_python_//' | tr '\\n' ' ')
-  if [ -n "$others" ]; then
-    echo "dist_tests: error: DIST_TESTS_DEVICE=$device, but this program holds the Python packages of device class ${{others% }} only. Unset DIST_TESTS_DEVICE (or set it to ${{others% }}), or run a target of class $device: tools/bazel test //dist_tests:... --test_tag_filters=$device." >&2
-  else
-    echo "dist_tests: error: no Python packages for device class '$device' at $packages. A target of that class needs data = [\\"@dist_python_$device//:site_packages\\"] (the matrix macro adds it)." >&2
   fi
-  exit 3
-fi
 fi
 PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}$packages"
 export PYTHONPATH

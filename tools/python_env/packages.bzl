@@ -209,12 +209,10 @@ _FALLBACK_LOCKS = {"cpu": [LOCKS["gpu"]]}
 
 def _python_packages_impl(rctx):
     interpreter_torch = uses_interpreter_torch(rctx)
-    if interpreter_torch:
-        lock = rctx.attr.harness_lock
-        python = host_python(rctx, lock)
-    elif rctx.attr.lock:
-        # A device class of one's own, from its owner's lock (a torch build of its own), for one Python.
-        lock = rctx.attr.lock
+    if interpreter_torch or rctx.attr.lock:
+        # The harness's packages beside the interpreter's own torch; or a device class of one's own, from its
+        # owner's lock (a torch build of its own). Either lock names the Pythons it is for.
+        lock = rctx.attr.harness_lock if interpreter_torch else rctx.attr.lock
         python = host_python(rctx, lock)
     else:
         if rctx.attr.device not in LOCKS:
